@@ -1,0 +1,3 @@
+"""ertacache: calibrated feature caching (ERTACache) for diffusion transformers."""
+
+__version__ = "0.1.0"

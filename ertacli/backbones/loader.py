@@ -1,0 +1,129 @@
+"""Load a recipe's pipeline (tiny random or pretrained) onto a device, with its prompt encoder."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ertacli.backbones import Backbone, get_backbone
+from ertacli.backbones.text import PipelineTextEncoder, PromptEncoder
+from ertacli.errors import UserError
+
+SCHEDULER_CHOICES = (None, "flow-euler")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class Loaded:
+    """A ready pipeline with everything the runner and the engine need."""
+
+    pipe: Any
+    backbone: Backbone
+    encoder: PromptEncoder
+    device: str
+    dtype: Any  # torch.dtype
+
+    @property
+    def transformer(self) -> Any:
+        """The pipeline's transformer (where the cache hooks go)."""
+        return self.pipe.transformer
+
+    @property
+    def scheduler_name(self) -> str:
+        """Class name of the pipeline's current scheduler."""
+        return type(self.pipe.scheduler).__name__
+
+
+def torch_dtype(name: str) -> Any:
+    """torch dtype for "float32" | "float16" | "bfloat16"."""
+    import torch
+
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in table:
+        raise UserError(f"model.dtype must be one of {', '.join(table)}, got {name!r}")
+    return table[name]
+
+
+def resolve_device(name: str | None) -> str:
+    """None -> "cuda" when available else "cpu"; validates cpu / cuda[:N] / mps."""
+    import torch
+
+    if name is None or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name = str(name).strip().lower()
+    if not _DEVICE.match(name):
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' requested but MPS is not available here; use --device cpu")
+    return name
+
+
+def _import_builder(spec: str) -> Any:
+    """Resolve a "module:function" string."""
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _load_tiny(recipe, backbone: Backbone) -> tuple[Any, PromptEncoder]:
+    """Build the backbone's tiny random pipeline."""
+    if not backbone.tiny_builder:
+        raise UserError(f"{backbone.pipeline} has no tiny builder; use model.source=pretrained")
+    return _import_builder(backbone.tiny_builder)(recipe)
+
+
+def _load_pretrained(recipe, dtype: Any) -> tuple[Any, PromptEncoder]:
+    """DiffusionPipeline-style from_pretrained of the recipe's pipeline class, with a helpful error."""
+    import diffusers
+
+    path = recipe.model.path
+    if not path:
+        raise UserError("model.path is required when model.source=pretrained (a hub id or a local directory)")
+    cls = getattr(diffusers, recipe.model.pipeline, None) or diffusers.DiffusionPipeline
+    try:
+        pipe = cls.from_pretrained(path, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a user-facing setup problem
+        hint = "" if os.path.isdir(str(path)) else (
+            f" (download it with `huggingface-cli download {path}` on a machine with internet, "
+            f"then --set model.path=<dir>)"
+        )
+        raise UserError(f"could not load {path}: {type(exc).__name__}: {exc}{hint}") from None
+    return pipe, PipelineTextEncoder(getattr(recipe.sampling, "max_sequence_length", None))
+
+
+def apply_scheduler(pipe: Any, choice: str | None) -> None:
+    """Swap in FlowMatchEulerDiscreteScheduler for "flow-euler" (keeping the shift); None keeps the default."""
+    if choice not in SCHEDULER_CHOICES:
+        raise UserError(f"model.scheduler must be empty or 'flow-euler', got {choice!r}")
+    if choice is None or type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+        return
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = dict(pipe.scheduler.config)
+    shift = config.get("shift", config.get("flow_shift"))
+    accepted = set(inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters)
+    config = {k: v for k, v in config.items() if k in accepted or k.startswith("_")}
+    if shift is not None:
+        config["shift"] = float(shift)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+
+
+def load_pipeline(recipe, device: str) -> Loaded:
+    """Load the recipe's pipeline onto device, in recipe.model.dtype, progress bar off."""
+    backbone = get_backbone(recipe.model.pipeline)
+    dtype = torch_dtype(recipe.model.dtype)
+    if recipe.model.source == "tiny":
+        pipe, encoder = _load_tiny(recipe, backbone)
+    elif recipe.model.source == "pretrained":
+        pipe, encoder = _load_pretrained(recipe, dtype)
+    else:
+        raise UserError(f"model.source must be 'tiny' or 'pretrained', got {recipe.model.source!r}")
+    apply_scheduler(pipe, recipe.model.scheduler)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return Loaded(pipe=pipe, backbone=backbone, encoder=encoder, device=device, dtype=dtype)

@@ -1,0 +1,241 @@
+"""Diffusers hooks that let a controller compute, skip or double-run the transformer's block stack.
+
+One technique, diffusers style: a shared `StateManager` of per-branch `BranchState` (keyed by the pipeline's
+`cache_context` name), a step hook on the transformer, a head hook on the first block and pass-through hooks on
+the others. `apply_ertacache` / `remove_ertacache` attach and detach them; no class's `forward` is reassigned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState, CacheContext
+
+STEP_HOOK = "ertacache_step"
+HEAD_HOOK = "ertacache_head"
+BLOCK_HOOK = "ertacache_block"
+DEFAULT_BRANCH = "default"
+
+
+class BranchState(BaseState):
+    """What one cache stream (branch) carries between its transformer calls."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, *args, **kwargs) -> None:
+        self.step = 0
+        self.skip = False          # the block stack is skipped on the call in flight
+        self.inject = None         # residual added to h_in when skipping
+        self.h_in = None           # hidden state entering the first block, this call
+        self.residual = None       # R_k of the last full call (block stack output - input)
+        self.cached = None         # R~: the residual a cached step reuses
+        self.extra: dict[str, Any] = {}   # controller-owned per-branch values (previous R, v, ...)
+
+
+def _ensure_context(states: StateManager) -> None:
+    if states._context is None:
+        states.set_context(CacheContext(name=DEFAULT_BRANCH))
+
+
+class TransformerCall:
+    """One transformer call in flight: run it with the block stack computed or skipped, rebuild the output."""
+
+    def __init__(self, hook: "StepHook", args: tuple, kwargs: dict, state: BranchState, k: int, branch: str):
+        self.hook, self.args, self.kwargs = hook, args, dict(kwargs)
+        self.state, self.k, self.branch = state, k, branch
+        self._out_template = None
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The latent input x_k in the model's own layout."""
+        return self.kwargs["hidden_states"] if "hidden_states" in self.kwargs else self.args[0]
+
+    def set_timestep_ratio(self, ratio: float) -> None:
+        """Query the model at s'_k: scale the timestep input by s'_k / s_k (flow matching: t is proportional to sigma)."""
+        if ratio == 1.0:
+            return
+        if "timestep" not in self.kwargs:
+            raise RuntimeError("timestep adjustment needs the pipeline to pass `timestep=` by keyword")
+        self.kwargs["timestep"] = self.kwargs["timestep"] * ratio
+
+    def _forward(self) -> torch.Tensor:
+        out = self.hook.fn_ref.original_forward(*self.args, **self.kwargs)
+        self._out_template = out
+        return out[0] if isinstance(out, tuple) else out.sample
+
+    def compute(self) -> torch.Tensor:
+        """Full call; afterwards `state.residual` holds R_k in the configured residual space."""
+        st = self.state
+        st.skip, st.inject = False, None
+        if self.hook.residual == "latent":
+            v = self._forward()
+            st.residual = v - self.x
+            return v
+        st.residual = None
+        v = self._forward()
+        if st.residual is None:
+            raise RuntimeError("the block-stack hooks did not see this call; is the backbone's block list right?")
+        return v
+
+    def skipped(self, residual: torch.Tensor) -> torch.Tensor:
+        """Cached velocity v~: block stack replaced by h_in + residual (latent space: x + residual, nothing runs)."""
+        st = self.state
+        if self.hook.residual == "latent":
+            return self.x + residual
+        st.skip, st.inject = True, residual
+        try:
+            return self._forward()
+        finally:
+            st.skip, st.inject = False, None
+
+    def wrap(self, v: torch.Tensor) -> Any:
+        """Return v in the structure the pipeline expects (tuple or output dataclass)."""
+        out = self._out_template
+        if out is None:
+            return (v,) if not self.kwargs.get("return_dict", True) else _output_cls()(sample=v)
+        return (v,) + tuple(out[1:]) if isinstance(out, tuple) else type(out)(sample=v)
+
+
+def _output_cls():
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    return Transformer2DModelOutput
+
+
+class StepHook(ModelHook):
+    """Transformer-level hook: counts steps per branch and hands each call to the controller."""
+
+    _is_stateful = True
+
+    def __init__(self, states: StateManager, controller, residual: str):
+        super().__init__()
+        self.states, self.controller, self.residual = states, controller, residual
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        _ensure_context(self.states)
+        state: BranchState = self.states.get_state()
+        k = state.step
+        state.step += 1
+        call = TransformerCall(self, args, kwargs, state, k, self.states.context.name)
+        return self.controller.on_call(call)
+
+    def reset_state(self, module):
+        self.states.reset()
+        return module
+
+
+def _block_output(meta, args, kwargs, hidden: torch.Tensor):
+    """A block's return value with `hidden` as its hidden states and the text stream passed through."""
+    if meta.return_encoder_hidden_states_index is None:
+        return hidden
+    enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+    ret = [None] * (max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1)
+    ret[meta.return_hidden_states_index] = hidden
+    ret[meta.return_encoder_hidden_states_index] = enc
+    return tuple(ret)
+
+
+class StackHeadHook(ModelHook):
+    """First block: records h_in; when the call is cached, returns h_in + R~ and the stack is passed through."""
+
+    _is_stateful = True
+
+    def __init__(self, states: StateManager):
+        super().__init__()
+        self.states, self.meta = states, None
+
+    def initialize_hook(self, module):
+        self.meta = TransformerBlockRegistry.get(module.__class__)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        _ensure_context(self.states)
+        st: BranchState = self.states.get_state()
+        st.h_in = self.meta._get_parameter_from_args_kwargs(self.meta.hidden_states_argument_name, args, kwargs)
+        if st.skip:
+            return _block_output(self.meta, args, kwargs, st.h_in + st.inject)
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+    def reset_state(self, module):
+        self.states.reset()
+        return module
+
+
+class StackBlockHook(ModelHook):
+    """Later blocks: pass through on a cached call; the tail block stores R_k = h_out - h_in on a full call."""
+
+    _is_stateful = True
+
+    def __init__(self, states: StateManager, is_tail: bool):
+        super().__init__()
+        self.states, self.is_tail, self.meta = states, is_tail, None
+
+    def initialize_hook(self, module):
+        self.meta = TransformerBlockRegistry.get(module.__class__)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        _ensure_context(self.states)
+        st: BranchState = self.states.get_state()
+        if st.skip:
+            hidden = self.meta._get_parameter_from_args_kwargs(self.meta.hidden_states_argument_name, args, kwargs)
+            return _block_output(self.meta, args, kwargs, hidden)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if self.is_tail:
+            h_out = out[self.meta.return_hidden_states_index] if isinstance(out, tuple) else out
+            st.residual = h_out - st.h_in
+        return out
+
+    def reset_state(self, module):
+        self.states.reset()
+        return module
+
+
+def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[torch.nn.Module]:
+    blocks = []
+    for name in block_lists:
+        group = getattr(transformer, name, None)
+        if group is None:
+            raise RuntimeError(f"{type(transformer).__name__} has no block list '{name}' (backbone registry)")
+        blocks.extend(group)
+    if not blocks:
+        raise RuntimeError(f"{type(transformer).__name__}: no transformer blocks found in {block_lists}")
+    return blocks
+
+
+def apply_ertacache(transformer: torch.nn.Module, block_lists: tuple[str, ...], controller,
+                    residual: str = "hidden") -> StateManager:
+    """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `controller`."""
+    remove_ertacache(transformer)
+    states = StateManager(BranchState)
+    if residual == "hidden":
+        blocks = _blocks(transformer, block_lists)
+        for i, block in enumerate(blocks[1:], start=1):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(
+                StackBlockHook(states, is_tail=i == len(blocks) - 1), BLOCK_HOOK)
+        if len(blocks) == 1:
+            HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(
+                StackBlockHook(states, is_tail=True), BLOCK_HOOK)
+        HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(StackHeadHook(states), HEAD_HOOK)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(StepHook(states, controller, residual), STEP_HOOK)
+    registry.invalidate_child_registries_cache()
+    return states
+
+
+def remove_ertacache(transformer: torch.nn.Module) -> None:
+    """Detach every ertacache hook from the transformer and its blocks (a no-op when none is attached)."""
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    for name in (STEP_HOOK, HEAD_HOOK, BLOCK_HOOK):
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
+
+
+def reset_ertacache(transformer: torch.nn.Module) -> None:
+    """Forget all per-branch state before a new pipeline call."""
+    HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks(recurse=True)

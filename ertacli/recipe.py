@@ -1,0 +1,337 @@
+"""Recipes: the schema, include/override resolution, prompts and digests."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from ertacli.errors import UserError
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+RECIPES_DIR = Path(os.environ.get("ERTACACHE_RECIPES") or REPO_DIR / "recipes")
+RESULTS_DIR = Path(os.environ.get("ERTACACHE_RESULTS") or Path.cwd() / "results")
+
+PromptKind = Literal["calibration", "eval"]
+Toggle = Literal["auto", "on", "off"]
+PROMPT_HINT = "set calibration.prompts / eval.prompts or pass --prompts FILE"
+
+
+def recipes_dir() -> Path:
+    """Directory of named recipes: $ERTACACHE_RECIPES, else RECIPES_DIR."""
+    env = os.environ.get("ERTACACHE_RECIPES")
+    return Path(env) if env else RECIPES_DIR
+
+
+def results_dir() -> Path:
+    """Directory for run outputs: $ERTACACHE_RESULTS, else RESULTS_DIR."""
+    env = os.environ.get("ERTACACHE_RESULTS")
+    return Path(env) if env else RESULTS_DIR
+
+
+class _Strict(BaseModel):
+    """Base model that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCfg(_Strict):
+    """Which pipeline to build and how."""
+
+    pipeline: str
+    source: Literal["tiny", "pretrained"] = "tiny"
+    path: Optional[str] = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    seed: int = 0
+    tiny: dict[str, Any] = Field(default_factory=dict)
+    scheduler: Optional[Literal["flow-euler"]] = None
+
+    @model_validator(mode="after")
+    def _pretrained_needs_path(self) -> "ModelCfg":
+        """A pretrained source needs a hub id or local directory."""
+        if self.source == "pretrained" and not self.path:
+            raise ValueError("model.path (hub id or local directory) is required when source is 'pretrained'")
+        return self
+
+
+class SamplingCfg(_Strict):
+    """Sampler settings passed to the pipeline call."""
+
+    steps: int = Field(28, ge=2)
+    height: int = Field(32, ge=1)
+    width: int = Field(32, ge=1)
+    frames: Optional[int] = Field(None, ge=1)
+    guidance_scale: float = 3.5
+    negative_prompt: str = ""
+    max_sequence_length: Optional[int] = Field(None, ge=1)
+    pipeline_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class CalibrationCfg(_Strict):
+    """Calibration prompts, seeds and the held-out fraction."""
+
+    prompts: str = "../prompts/tiny-calibration.txt"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    holdout: float = Field(0.25, gt=0, lt=1)
+
+
+class EvalCfg(_Strict):
+    """Evaluation prompts, seeds, metrics and warm-up."""
+
+    prompts: str = "../prompts/tiny-eval.txt"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"], min_length=1)
+    warmup: int = Field(1, ge=0)
+
+
+class CacheCfg(_Strict):
+    """Residual cache settings."""
+
+    residual: Literal["hidden", "latent"] = "hidden"
+
+
+class SearchCfg(_Strict):
+    """Cached-step search settings."""
+
+    lambdas: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.2], min_length=1
+    )
+
+
+class FitCfg(_Strict):
+    """Timestep adjustment and rectification fit settings."""
+
+    adjust: Toggle = "auto"
+    rectify: Toggle = "auto"
+    rectify_form: Literal["linear", "sigmoid"] = "linear"
+    granularity: Literal["scalar", "channel", "element"] = "scalar"
+
+
+class Recipe(_Strict):
+    """A fully resolved recipe (defaults < includes < recipe < --set)."""
+
+    name: str
+    include: Optional[str] = None
+    description: str = ""
+    model: ModelCfg
+    sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+    calibration: CalibrationCfg = Field(default_factory=CalibrationCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    cache: CacheCfg = Field(default_factory=CacheCfg)
+    search: SearchCfg = Field(default_factory=SearchCfg)
+    fit: FitCfg = Field(default_factory=FitCfg)
+
+    _source_path: Optional[Path] = PrivateAttr(default=None)
+
+    @property
+    def source_path(self) -> Optional[Path]:
+        """Absolute path of the recipe file this was resolved from (None if built in code)."""
+        return self._source_path
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in the recipe are resolved against."""
+        return self._source_path.parent if self._source_path else Path.cwd()
+
+    def prompt_file(self, kind: PromptKind) -> Path:
+        """Absolute path of the calibration or eval prompt file."""
+        if kind not in ("calibration", "eval"):
+            raise ValueError(f"prompt kind must be 'calibration' or 'eval', got {kind!r}")
+        section = self.calibration if kind == "calibration" else self.eval
+        path = Path(section.prompts).expanduser()
+        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir / path))
+
+    def read_prompts(self, kind: PromptKind) -> list[str]:
+        """The prompts of the calibration or eval prompt file."""
+        return read_prompt_file(self.prompt_file(kind))
+
+    def resolved_dict(self, absolute_paths: bool = False) -> dict[str, Any]:
+        """The resolved recipe as plain JSON-able data, includes flattened."""
+        data = self.model_dump(mode="json", exclude={"include"})
+        if absolute_paths:
+            for kind in ("calibration", "eval"):
+                data[kind]["prompts"] = str(self.prompt_file(kind))
+        return data
+
+    def to_yaml(self, absolute_paths: bool = False) -> str:
+        """The resolved recipe as YAML, includes flattened (prompt paths absolute if asked)."""
+        data = self.resolved_dict(absolute_paths)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000)
+
+    def digest(self) -> str:
+        """First 16 hex of the sha256 of the canonical JSON of the recipe, without description."""
+        data = self.resolved_dict()
+        data.pop("description", None)
+        canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """Non-empty stripped lines of a prompt file, '#' comment lines skipped."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"prompt file not found: {path} ({PROMPT_HINT})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"prompt file {path}: cannot read it ({exc}); {PROMPT_HINT}") from exc
+    prompts = [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
+    if not prompts:
+        raise UserError(f"prompt file {path} has no prompts (one prompt per line, '#' starts a comment)")
+    return prompts
+
+
+def _available_names() -> list[str]:
+    """Names of the recipes in the recipes directory."""
+    d = recipes_dir()
+    return sorted(p.stem for p in d.glob("*.yaml") if not p.name.startswith("_")) if d.is_dir() else []
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """Path of a recipe given an existing file path or a recipe name."""
+    raw = str(name_or_path)
+    path = Path(raw).expanduser()
+    if path.is_file():
+        return path
+    name = raw[:-5] if raw.endswith(".yaml") else raw[:-4] if raw.endswith(".yml") else raw
+    candidate = recipes_dir() / f"{name}.yaml"
+    if "/" not in name and os.sep not in name and candidate.is_file():
+        return candidate
+    if "/" in raw or os.sep in raw:
+        raise UserError(f"recipe file not found: {raw} (give an existing file or a recipe name; see 'ertacache recipes')")
+    close = difflib.get_close_matches(name, _available_names(), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UserError(f"unknown recipe '{name}' (not in {recipes_dir()}); {hint}run 'ertacache recipes' to list them")
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    """Merge top over base: dicts recursively, everything else replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    """Parse one YAML recipe file into a mapping, errors as one-line UserError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read recipe ({exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{path}: invalid YAML{where}: {problem}; fix the recipe file") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _rebase_prompts(data: dict, src_dir: Path, dst_dir: Path) -> dict:
+    """Make relative prompt paths of an included file relative to the including file's dir."""
+    if src_dir == dst_dir:
+        return data
+    for section in ("calibration", "eval"):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get("prompts"), str):
+            p = Path(sec["prompts"]).expanduser()
+            if not p.is_absolute():
+                sec["prompts"] = os.path.relpath(src_dir / p, dst_dir)
+    return data
+
+
+def load_raw(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
+    """Raw recipe mapping of a file with its `include:` chain merged (base < this file)."""
+    path = Path(path)
+    real = path.resolve()
+    if real in _stack:
+        chain = " -> ".join(p.name for p in (*_stack, real))
+        raise UserError(f"{path}: include cycle {chain}; remove one of the include: lines")
+    data = _read_yaml(path)
+    include = data.pop("include", None)
+    if include is None:
+        return data
+    if not isinstance(include, str) or not include.strip():
+        raise UserError(f"{path}: 'include' must be a file path string, got {include!r}")
+    inc = path.parent / Path(include).expanduser()
+    if not inc.is_file():
+        raise UserError(f"{path}: included file not found: {inc} (include paths are relative to the recipe's folder)")
+    base = _rebase_prompts(load_raw(inc, (*_stack, real)), inc.resolve().parent, real.parent)
+    return _deep_merge(base, data)
+
+
+def _parse_value(text: str) -> Any:
+    """An override value parsed as YAML (numbers, lists, null), raw string if not valid YAML."""
+    if text.strip() == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...] | None) -> dict:
+    """Nested mapping from `key.path=value` override strings."""
+    out: dict[str, Any] = {}
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or not all(parts):
+            raise UserError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set sampling.steps=20")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    """One line naming the dotted field path of the first validation error."""
+    errors = exc.errors()
+    err = errors[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        return f"recipe {path}: unknown key '{field}'{more}; fix the recipe or --set"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = "" if err["type"] == "missing" or isinstance(err.get("input"), dict) else f" (got {err['input']!r})"
+    return f"recipe {path}: field '{field}': {msg}{got}{more}; fix the recipe or --set"
+
+
+def resolve_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] | None = None) -> Recipe:
+    """The one place defaults < includes < recipe < --set overrides are resolved."""
+    path = find_recipe(name_or_path)
+    raw = _deep_merge(load_raw(path), parse_overrides(overrides))
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_validation(path, exc)) from None
+    recipe._source_path = path.resolve()
+    return recipe
+
+
+def list_recipes() -> list[tuple[str, Recipe | str]]:
+    """(name, Recipe or one-line error) for every recipe in the recipes directory."""
+    out: list[tuple[str, Recipe | str]] = []
+    for name in _available_names():
+        try:
+            out.append((name, resolve_recipe(recipes_dir() / f"{name}.yaml")))
+        except UserError as exc:
+            out.append((name, str(exc)))
+    return out

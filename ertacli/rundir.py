@@ -1,0 +1,190 @@
+"""Run directories: written under a temp name, renamed atomically when complete."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from ertacli.errors import UserError
+from ertacli.recipe import REPO_DIR, results_dir as default_results_dir
+
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+TMP_PREFIX = ".tmp-"
+_PACKAGES = ("torch", "diffusers", "transformers", "ertacache", "numpy")
+
+
+def _utc_stamp() -> str:
+    """Current UTC time as a compact stamp."""
+    return datetime.now(timezone.utc).strftime(STAMP_FORMAT)
+
+
+def _check_component(kind: str, value: str) -> str:
+    """Refuse names that cannot be one folder-name component."""
+    if not value or value in (".", "..") or "/" in value or os.sep in value or value.startswith("."):
+        raise UserError(f"{kind} {value!r} cannot be used as a folder name; use letters, digits, '-' or '_'")
+    return value
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON encoding for paths, numpy/torch scalars and arrays, and sets."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    return str(obj)
+
+
+def _sanitize(obj: Any) -> Any:
+    """Replace non-finite floats by None so the JSON stays standard."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v) for v in obj]
+    return obj
+
+
+def _is_clean_exit(exc: Optional[BaseException]) -> bool:
+    """True when no exception, or a typer/click/SystemExit exit with code 0."""
+    if exc is None:
+        return True
+    code = getattr(exc, "exit_code", None)
+    if code is None and isinstance(exc, SystemExit):
+        code = exc.code if exc.code is not None else 0
+    return code == 0
+
+
+class RunDir:
+    """Context manager for one run's output folder under results/<recipe>/."""
+
+    def __init__(self, recipe_name: str, command: str, argv: Iterable[str],
+                 results_dir: str | Path | None = None) -> None:
+        """Plan the temp and final names; nothing is created until entered."""
+        self.recipe_name = _check_component("recipe name", recipe_name)
+        self.command = _check_component("command", command)
+        self.argv = [str(a) for a in argv]
+        self.root = Path(results_dir) if results_dir is not None else default_results_dir()
+        self.stamp = _utc_stamp()
+        self.token = secrets.token_hex(3)
+        self.run_name = f"{command}-{self.stamp}-{self.token}"
+        self.tmp_path = self.root / recipe_name / f"{TMP_PREFIX}{self.run_name}"
+        self.path = self.tmp_path
+        self.final_path: Optional[Path] = None
+
+    def __enter__(self) -> "RunDir":
+        """Create the temp folder."""
+        self.tmp_path.mkdir(parents=True, exist_ok=False)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Rename to the final name on success; remove the temp folder on any failure."""
+        if not _is_clean_exit(exc):
+            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            return False
+        try:
+            self.write_text("command.txt", shlex.join(self.argv) + "\n")
+            final = self.tmp_path.parent / self.run_name
+            os.rename(self.tmp_path, final)
+        except BaseException:
+            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            raise
+        self.final_path = final
+        self.path = final
+        return False
+
+    def file(self, name: str) -> Path:
+        """Path of a file inside the run folder (parent folders created)."""
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write obj as indented JSON (NaN/inf as null) and return its path."""
+        path = self.file(name)
+        text = json.dumps(_sanitize(obj), indent=2, default=_json_default, allow_nan=False)
+        path.write_text(text + "\n", encoding="utf-8")
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a text file and return its path."""
+        path = self.file(name)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def subdir(self, name: str) -> Path:
+        """Create and return a subfolder of the run folder."""
+        path = self.path / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _version(pkg: str) -> Optional[str]:
+    """Installed version of a distribution, or None."""
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> Optional[str]:
+    """Output of a git command in the repo, or None when git or the repo is missing."""
+    try:
+        res = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def env_info(device: Any, dtype: Any, seeds: Iterable[int]) -> dict[str, Any]:
+    """Environment record for a run: versions, git state, device, dtype, seeds, time."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain") if commit is not None else None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {pkg: _version(pkg) for pkg in _PACKAGES},
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": bool(status.strip()) if status is not None else None,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "seeds": [int(s) for s in seeds],
+        "utc_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def latest_run(recipe_name: str, command: str, predicate: Optional[Callable[[Path], bool]] = None,
+               results_dir: str | Path | None = None) -> Optional[Path]:
+    """Newest complete run folder of a command for a recipe (temp folders skipped)."""
+    root = Path(results_dir) if results_dir is not None else default_results_dir()
+    base = root / recipe_name
+    if not base.is_dir():
+        return None
+    pattern = re.compile(rf"^{re.escape(command)}-(\d{{8}}T\d{{6}}Z)-[0-9a-f]{{6}}$")
+    found = []
+    for entry in base.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir():
+            found.append((match.group(1), entry.stat().st_mtime_ns, entry.name, entry))
+    for *_, entry in sorted(found, reverse=True):
+        if predicate is None or predicate(entry):
+            return entry
+    return None

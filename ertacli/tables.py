@@ -1,0 +1,65 @@
+"""Result tables: CSV + Markdown files and Rich tables for the terminal."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def format_cell(value: Any) -> str:
+    """A cell as text: ints as ints, floats to 4 significant digits, None/NaN as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if math.isnan(f):
+            return "-"
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        if f.is_integer() and abs(f) < 1e15:
+            return str(int(f))
+        if 1e4 <= abs(f) < 1e12:
+            return f"{f:.0f}"
+        return f"{f:.4g}"
+    import pandas as pd
+
+    try:
+        if pd.isna(value):
+            return "-"
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def save_table(df: pd.DataFrame, rundir_path: str | Path, stem: str) -> tuple[Path, Path]:
+    """Write <stem>.csv and <stem>.md into the run folder and return both paths."""
+    folder = Path(rundir_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
+    df.to_csv(csv_path, index=False)
+    md_path.write_text(df.to_markdown(index=False) + "\n", encoding="utf-8")
+    return csv_path, md_path
+
+
+def rich_table(df: pd.DataFrame, title: str | None = None) -> Table:
+    """A Rich table of the frame: numbers right-aligned and formatted for reading."""
+    import pandas as pd
+
+    table = Table(title=title)
+    for col in df.columns:
+        numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
+        table.add_column(str(col), justify="right" if numeric else "left")
+    for row in df.itertuples(index=False, name=None):
+        table.add_row(*(format_cell(v) for v in row))
+    return table
