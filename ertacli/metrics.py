@@ -83,7 +83,9 @@ def ssim(pred: Any, ref: Any, **ctx: Any) -> float:
     return float(vals.mean())
 
 
-def compute_metrics(names: Sequence[str], preds: Sequence[Any], refs: Sequence[Any], **ctx: Any) -> list[dict[str, float]]:
+def compute_metrics(
+    names: Sequence[str], preds: Sequence[Any], refs: Sequence[Any], **ctx: Any
+) -> list[dict[str, float]]:
     """One dict {name: value} per sample."""
     fns = {name: get_metric(name) for name in names}
     if len(preds) != len(refs):

@@ -140,29 +140,32 @@ def check_sample_shape(plan: Plan, branch: str, shape: list[int], folder: Path) 
                         f"re-run `ertacache search` and `fit` at this size")
 
 
-def plan_coeffs(plan: Plan, folder: Path) -> dict[str, dict[int, tuple]]:
-    """Rectification coefficients per branch and step as float64 tensors (scalars from JSON, others from file)."""
+def coeffs_from(plan: Plan, tensors: dict | None = None) -> dict[str, dict[int, tuple]]:
+    """Rectification coefficients per branch and step as float64 tensors (scalars from JSON, others from tensors)."""
     import torch
 
     if not plan.rectify or not plan.rectify.get("enabled"):
         return {}
-    out: dict[str, dict[int, tuple]] = {}
     if plan.rectify["granularity"] == "scalar":
-        for b, per_step in plan.rectify["scalar"].items():
-            out[b] = {int(k): (torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64))
-                      for k, (p, q) in per_step.items()}
-        return out
+        return {b: {int(k): (torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64))
+                    for k, (p, q) in d.items()} for b, d in plan.rectify["scalar"].items()}
+    out: dict = {}
+    for key, t in (tensors or {}).items():
+        b, k, which = key.rsplit(".", 2)
+        out.setdefault(b, {}).setdefault(int(k), [None, None])[0 if which == "a" else 1] = t
+    return {b: {k: tuple(v) for k, v in d.items()} for b, d in out.items()}
+
+
+def plan_coeffs(plan: Plan, folder: Path) -> dict[str, dict[int, tuple]]:
+    """Coefficients of a saved plan, reading rectify.safetensors for per-channel / per-element a, b."""
+    if not plan.rectify or not plan.rectify.get("enabled") or plan.rectify["granularity"] == "scalar":
+        return coeffs_from(plan)
     from safetensors.torch import load_file
 
     f = folder / RECT_FILE
     if not f.is_file():
         raise UserError(f"plan {folder}: {RECT_FILE} is missing; re-run `ertacache fit`")
-    tensors = load_file(str(f))
-    for key, t in tensors.items():
-        b, k, which = key.rsplit(".", 2)
-        slot = out.setdefault(b, {}).setdefault(int(k), [None, None])
-        slot[0 if which == "a" else 1] = t
-    return {b: {k: tuple(v) for k, v in d.items()} for b, d in out.items()}
+    return coeffs_from(plan, load_file(str(f)))
 
 
 def plan_summary(plan: Plan) -> dict[str, Any]:

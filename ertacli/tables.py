@@ -59,7 +59,7 @@ def rich_table(df: pd.DataFrame, title: str | None = None) -> Table:
     table = Table(title=title)
     for col in df.columns:
         numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
-        table.add_column(str(col), justify="right" if numeric else "left")
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
     for row in df.itertuples(index=False, name=None):
         table.add_row(*(format_cell(v) for v in row))
     return table

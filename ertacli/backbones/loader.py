@@ -84,11 +84,14 @@ def _load_pretrained(recipe, dtype: Any) -> tuple[Any, PromptEncoder]:
     path = recipe.model.path
     if not path:
         raise UserError("model.path is required when model.source=pretrained (a hub id or a local directory)")
+    local = str(path).startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(str(path)))
+    if local and not os.path.isdir(os.path.expanduser(str(path))):
+        raise UserError(f"model.path {path!r} is not a directory; point it at a downloaded pipeline folder")
     cls = getattr(diffusers, recipe.model.pipeline, None) or diffusers.DiffusionPipeline
     try:
-        pipe = cls.from_pretrained(path, dtype=dtype)
+        pipe = cls.from_pretrained(os.path.expanduser(str(path)) if local else path, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - any failure here is a user-facing setup problem
-        hint = "" if os.path.isdir(str(path)) else (
+        hint = "" if local else (
             f" (download it with `huggingface-cli download {path}` on a machine with internet, "
             f"then --set model.path=<dir>)"
         )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ertacli.errors import UserError
+
+TINY_FRAMES = 9  # tiny video models: frames when sampling.frames is unset (pretrained: the pipeline's default)
 
 
 @dataclass
@@ -38,30 +39,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-class _SetTimestepsHook:
-    """Temporarily wraps scheduler.set_timesteps so a hook can rewrite sigmas/timesteps after it runs."""
-
-    def __init__(self, scheduler: Any, hook: Callable[[Any], None] | None) -> None:
-        self.scheduler, self.hook = scheduler, hook
-
-    def __enter__(self) -> None:
-        if self.hook is None:
-            return
-        original = self.scheduler.set_timesteps
-
-        @functools.wraps(original)  # keeps the signature: retrieve_timesteps inspects it for `sigmas`
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            self.hook(self.scheduler)
-            return out
-
-        self.scheduler.set_timesteps = wrapped
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.hook is not None:
-            self.scheduler.__dict__.pop("set_timesteps", None)
-
-
 def call_kwargs(loaded, recipe, prompts: Sequence[str]) -> dict[str, Any]:
     """Keyword arguments for the pipeline call (minus generator and callback)."""
     s = recipe.sampling
@@ -73,18 +50,19 @@ def call_kwargs(loaded, recipe, prompts: Sequence[str]) -> dict[str, Any]:
         output_type="pt",
     )
     if loaded.backbone.media == "video":
-        kwargs["num_frames"] = int(s.frames)
-    kwargs.update(_to_device(loaded.encoder.pipeline_kwargs(list(prompts), s.negative_prompt), loaded.device, loaded.dtype))
+        frames = s.frames if s.frames is not None else (TINY_FRAMES if recipe.model.source == "tiny" else None)
+        if frames is not None:
+            kwargs["num_frames"] = int(frames)
+    encoded = loaded.encoder.pipeline_kwargs(list(prompts), s.negative_prompt)
+    kwargs.update(_to_device(encoded, loaded.device, loaded.dtype))
     kwargs.update(dict(s.pipeline_kwargs or {}))
     return kwargs
 
 
-def run_batch(loaded, recipe, prompts: Sequence[str], seeds: Sequence[int], *, sigmas_hook=None) -> BatchResult:
-    """One pipeline call for the batch; sample i uses prompts[i] and a CPU generator seeded with seeds[i].
-
-    sigmas_hook(scheduler), if given, runs right after the pipeline's scheduler.set_timesteps and may
-    rewrite scheduler.sigmas / scheduler.timesteps in place (the sampler steps by index).
-    """
+def run_batch(
+    loaded, recipe, prompts: Sequence[str], seeds: Sequence[int]
+) -> BatchResult:
+    """One pipeline call for the batch; sample i uses prompts[i] and a CPU generator seeded with seeds[i]."""
     import torch
 
     if len(prompts) != len(seeds) or not prompts:
@@ -97,18 +75,17 @@ def run_batch(loaded, recipe, prompts: Sequence[str], seeds: Sequence[int], *, s
         return {}
 
     kwargs = call_kwargs(loaded, recipe, prompts)
-    with _SetTimestepsHook(loaded.pipe.scheduler, sigmas_hook):
-        _sync(loaded.device)
-        start = time.perf_counter()
-        out = loaded.pipe(
-            generator=generators,
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-            return_dict=False,
-            **kwargs,
-        )[0]
-        _sync(loaded.device)
-        seconds = time.perf_counter() - start
+    _sync(loaded.device)
+    start = time.perf_counter()
+    out = loaded.pipe(
+        generator=generators,
+        callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+        return_dict=False,
+        **kwargs,
+    )[0]
+    _sync(loaded.device)
+    seconds = time.perf_counter() - start
     media = out.detach().to("cpu", torch.float32)
     latents = captured["latents"].detach().to("cpu", torch.float32)
     sigmas = [float(x) for x in getattr(loaded.pipe.scheduler, "sigmas", [])]
@@ -126,12 +103,14 @@ def _advance(progress: Any) -> None:
         bar.advance(task)
 
 
-def run_samples(loaded, recipe, prompts: Sequence[str], seeds: Sequence[int], progress=None, *, sigmas_hook=None) -> list[BatchResult]:
+def run_samples(
+    loaded, recipe, prompts: Sequence[str], seeds: Sequence[int], progress=None
+) -> list[BatchResult]:
     """Run each sample as its own batch of 1 (per-sample timing); progress is (Progress, task_id) or a callable."""
     if len(prompts) != len(seeds):
         raise UserError(f"run_samples needs one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds")
     results = []
     for prompt, seed in zip(prompts, seeds):
-        results.append(run_batch(loaded, recipe, [prompt], [seed], sigmas_hook=sigmas_hook))
+        results.append(run_batch(loaded, recipe, [prompt], [seed]))
         _advance(progress)
     return results

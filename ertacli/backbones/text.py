@@ -87,7 +87,7 @@ class PipelineTextEncoder:
     def pipeline_kwargs(self, prompts: Sequence[str], negative_prompt: str | None) -> dict[str, Any]:
         """prompt= / negative_prompt= (and max_sequence_length when set)."""
         out: dict[str, Any] = {"prompt": list(prompts)}
-        if negative_prompt is not None:
+        if negative_prompt:
             out["negative_prompt"] = [negative_prompt] * len(prompts)
         if self.max_sequence_length is not None:
             out["max_sequence_length"] = int(self.max_sequence_length)

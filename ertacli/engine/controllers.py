@@ -32,6 +32,7 @@ class Controller:
         """Called before every pipeline call."""
         self.nfe: dict[str, int] = defaultdict(int)
         self.n_cached: dict[str, int] = defaultdict(int)
+        self.shapes: dict[str, list[int]] = {}
         if self.schedule is not None:
             self.schedule.reset()
 
@@ -44,6 +45,7 @@ class Controller:
         v = call.compute()
         call.state.cached = call.state.residual
         self.nfe[call.branch] += 1
+        self.shapes[call.branch] = list(v.shape[1:])
         return v
 
 

@@ -1,0 +1,5 @@
+"""`python -m ertacli`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""The `ertacache` command line: thin Typer commands that parse, call one core function and render."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(name="ertacache", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  help="Calibrated feature caching (ERTACache) for diffusion transformers: "
+                       "profile -> search -> fit -> generate -> eval.")
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (recipes/NAME.yaml) or path to a recipe.")
+SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampling.steps=30 (repeatable).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available, else CPU).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False):
+    from .commands.common import Job
+
+    return Job.make(model, sets, device, quiet=quiet)
+
+
+def _show(df_or_rows, title: str, path: Optional[Path] = None) -> None:
+    import pandas as pd
+
+    from .tables import rich_table
+
+    df = df_or_rows if isinstance(df_or_rows, pd.DataFrame) else pd.DataFrame(df_or_rows)
+    console.print(rich_table(df, title))
+    if path is not None:
+        console.print(f"[bold]run directory:[/bold] {path}")
+
+
+def _lambdas(values: Optional[List[str]]) -> list[float]:
+    """--lambda is repeatable and takes comma lists: --lambda 0.05 --lambda 0.1,0.2."""
+    out = []
+    for v in values or []:
+        for part in str(v).split(","):
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise UserError(f"--lambda: {part!r} is not a number (use --lambda 0.08 or --lambda 0.05,0.1)")
+    return out
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the recipes: name, pipeline class, steps, size/frames, branches."""
+    from .backbones import get_backbone
+    from .recipe import list_recipes
+
+    rows = []
+    for name, r in list_recipes():
+        if isinstance(r, str):
+            rows.append({"name": name, "pipeline": "-", "steps": None, "size": "-", "branches": f"invalid: {r}"})
+            continue
+        s = r.sampling
+        size = f"{s.width}x{s.height}" + (f"x{s.frames}f" if s.frames else "")
+        rows.append({"name": name, "pipeline": r.model.pipeline, "steps": s.steps, "size": size,
+                     "branches": ",".join(get_backbone(r.model.pipeline).branches), "source": r.model.path or r.model.source})
+    _show(rows, "recipes")
+
+
+@app.command("validate")
+def validate_cmd(recipe: str = typer.Argument(..., help="Recipe name or path."), sets: Optional[List[str]] = SetOpt) -> None:
+    """Check one recipe: schema, includes, backbone, prompt files."""
+    from .backbones import get_backbone
+    from .recipe import resolve_recipe
+
+    r = resolve_recipe(recipe, sets or [])
+    get_backbone(r.model.pipeline)
+    n_cal, n_eval = len(r.read_prompts("calibration")), len(r.read_prompts("eval"))
+    console.print(f"[green]ok[/green] {r.name}: {r.model.pipeline}, {r.sampling.steps} steps, "
+                  f"{n_cal} calibration prompts x {len(r.calibration.seeds)} seeds, {n_eval} eval prompts")
+
+
+@app.command("profile")
+def profile_cmd(model: str = ModelOpt, sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
+                save_tensors: bool = typer.Option(False, "--save-tensors", help="Also keep full R_k and v_k tensors."),
+                quiet: bool = QuietOpt) -> None:
+    """Uncached calibration runs; per-step, per-branch residual statistics and baseline outputs."""
+    import pandas as pd
+
+    from .commands.profile import run_profile
+
+    path = run_profile(_job(model, sets, device, quiet), keep_tensors=save_tensors)
+    _show(pd.read_csv(path / "stats.csv").round(4), "profile: per-step statistics", path)
+
+
+@app.command("search")
+def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(
+                   None, "--lambda", "-l", help="Threshold(s): repeat or comma list (default: the recipe's)."),
+               profile: Optional[str] = typer.Option(None, "--profile", help="Profile run directory to use."),
+               cached_steps: Optional[int] = typer.Option(None, "--cached-steps", help="Target: smallest lambda caching >= N steps."),
+               target_speedup: Optional[float] = typer.Option(None, "--target-speedup", help="Target: smallest lambda predicting >= X."),
+               sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+    """Threshold policy search: one plan per lambda and a summary table."""
+    from .commands.search import run_search
+
+    job = _job(model, sets, device, quiet)
+    lams = _lambdas(lambdas) or list(job.recipe.search.lambdas)
+    path, df = run_search(job, lams, profile, cached_steps, target_speedup)
+    _show(df, "search: one plan per lambda", path)
+
+
+@app.command("fit")
+def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or a search run holding one plan)."),
+            model: str = ModelOpt,
+            adjust: Optional[str] = typer.Option(None, "--adjust", help="auto | on | off (default: recipe)."),
+            rectify: Optional[str] = typer.Option(None, "--rectify", help="auto | on | off (default: recipe)."),
+            sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+    """Timestep adjustment and error rectification for a plan, validated on held-out prompts."""
+    from .commands.fit import run_fit
+
+    path, final = run_fit(_job(model, sets, device, quiet), plan, adjust, rectify)
+    rows = [{"adjust": c["adjust"], "rectify": c["rectify"], "holdout_mse": c["holdout_mse"],
+             "gain_vs_plain": c["gain_vs_plain"],
+             "chosen": (c["adjust"], c["rectify"]) == (final.fit["decision"]["adjust"], final.fit["decision"]["rectify"])}
+            for c in final.fit["candidates"]]
+    _show(rows, f"fit: candidates (phi: {final.fit['phi_summary']})", path)
+
+
+@app.command("generate")
+def generate_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan folder; omit for the uncached baseline."),
+                 prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Prompt (repeatable)."),
+                 prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file, one per line."),
+                 seed: Optional[List[int]] = typer.Option(None, "--seed", help="Seed (repeatable; default: recipe eval seeds)."),
+                 sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+    """Run the pipeline uncached or with a plan; saves media, latents, NFE and time per sample."""
+    import pandas as pd
+
+    from .commands.generate import run_generate
+
+    job = _job(model, sets, device, quiet)
+    path = run_generate(job, job.eval_samples(prompt, prompts, seed), plan)
+    df = pd.read_csv(path / "samples.csv")
+    _show(df[["index", "prompt", "seed", "nfe", "seconds", "file"]], "generate", path)
+
+
+@app.command("eval")
+def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan to generate with and evaluate."),
+             run: Optional[str] = typer.Option(None, "--run", help="An existing generate run to evaluate."),
+             prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Prompt (repeatable)."),
+             prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file, one per line."),
+             seed: Optional[List[int]] = typer.Option(None, "--seed", help="Seed (repeatable)."),
+             sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+    """Quality (PSNR, SSIM, ...) and measured speedup against the uncached baseline."""
+    from .commands.evaluate import run_eval
+
+    job = _job(model, sets, device, quiet)
+    path, summary = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run)
+    _show([{k: v for k, v in summary.items() if k not in ("run", "baseline", "plan")}], "eval", path)
+
+
+@app.command("reproduce")
+def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re-run and compare.")) -> None:
+    """Re-run a run directory's exact command and report whether the outputs match."""
+    from .commands.reproduce import run_reproduce
+
+    new, df, ok = run_reproduce(Path(run_dir))
+    _show(df, "reproduce: " + ("exact match" if ok else "MISMATCH"), new)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
+             sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+    """The whole loop on one recipe: profile -> search -> fit -> generate -> eval, one table."""
+    from .commands.demo import run_demo
+
+    job = _job(model, sets, device, quiet)
+    path, df = run_demo(job, _lambdas(lambdas) or list(job.recipe.search.lambdas))
+    _show(df, f"ERTACache on {job.recipe.name}: cached vs uncached", path)
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Core functions behind each CLI command."""

@@ -1,0 +1,84 @@
+"""eval: a generate run against the uncached baseline of the same prompts and seeds: quality, NFE, speedup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .common import Job, Samples, find_run, read_json
+from .generate import GENERATE_FILE, load_outputs, run_generate
+
+
+def baseline_for(job: Job, samples: Samples) -> Path:
+    """The newest uncached generate run of these samples on this device and dtype, made now if missing."""
+    digest = samples.digest()
+
+    def match(d: dict) -> bool:
+        return (d.get("plan") is None and d.get("recipe_key") == job.key and d.get("device") == job.device
+                and d.get("dtype") == job.recipe.model.dtype and d.get("samples", {}).get("digest") == digest)
+
+    found = find_run(job.recipe.name, "generate", GENERATE_FILE, match)
+    return found if found is not None else run_generate(job, samples, None)
+
+
+def _read_generate(path: Path, job: Job) -> tuple[dict, list[dict]]:
+    import pandas as pd
+
+    if not (path / GENERATE_FILE).is_file():
+        raise UserError(f"{path} is not a generate run directory (no {GENERATE_FILE}); pass one with --run")
+    info = read_json(path / GENERATE_FILE)
+    if info.get("recipe_key") != job.key:
+        raise UserError(f"generate run {path} used other model/sampling settings than recipe {job.recipe.name}")
+    return info, pd.read_csv(path / "samples.csv").to_dict("records")
+
+
+def compare(job: Job, cached_dir: Path, base_dir: Path, metric_names: list[str]):
+    """Per-sample metrics and timings of a cached run against its baseline; returns (per-sample df, summary dict)."""
+    import pandas as pd
+
+    from ..metrics import compute_metrics
+
+    info, rows = _read_generate(cached_dir, job)
+    _, base_rows = _read_generate(base_dir, job)
+    if [(r["prompt"], r["seed"]) for r in rows] != [(r["prompt"], r["seed"]) for r in base_rows]:
+        raise UserError(f"{cached_dir} and baseline {base_dir} hold different prompts/seeds")
+    scores = compute_metrics(metric_names, load_outputs(cached_dir, rows), load_outputs(base_dir, base_rows),
+                             prompts=[r["prompt"] for r in rows])
+    per = pd.DataFrame([{"index": r["index"], "prompt": r["prompt"], "seed": r["seed"], "nfe": r["nfe"],
+                         "baseline_nfe": b["nfe"], "seconds": r["seconds"], "baseline_seconds": b["seconds"], **s}
+                        for r, b, s in zip(rows, base_rows, scores)])
+    t_c, t_b = float(per["seconds"].mean()), float(per["baseline_seconds"].mean())
+    summary = {"run": str(cached_dir), "baseline": str(base_dir), "plan": info.get("plan"),
+               "samples": len(per), "nfe": float(per["nfe"].mean()), "baseline_nfe": float(per["baseline_nfe"].mean()),
+               "seconds": t_c, "baseline_seconds": t_b, "speedup": t_b / t_c if t_c > 0 else None,
+               "ideal_speedup": float(per["baseline_nfe"].mean() / per["nfe"].mean())}
+    summary.update({m: float(per[m].mean()) for m in metric_names})
+    return per, summary
+
+
+def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path: str | None = None,
+             metrics: list[str] | None = None):
+    """Generate (if given a plan) and compare against the baseline; returns (eval run dir, summary)."""
+    import pandas as pd
+
+    from ..metrics import available
+    from ..tables import save_table
+
+    names = list(metrics or job.recipe.eval.metrics)
+    unknown = [m for m in names if m not in available()]
+    if unknown:
+        raise UserError(f"unknown metric(s) {', '.join(unknown)} in eval.metrics; available: {', '.join(available())}")
+    if (plan_path is None) == (run_path is None):
+        raise UserError("eval needs exactly one of --plan PLAN (generate now) or --run GENERATE_RUN")
+    if run_path is not None:
+        info, _ = _read_generate(Path(run_path), job)
+        samples = Samples(info["samples"]["prompts"], info["samples"]["seeds"])
+    base_dir = baseline_for(job, samples)
+    cached_dir = Path(run_path) if run_path else run_generate(job, samples, plan_path)
+    per, summary = compare(job, cached_dir, base_dir, names)
+    with job.rundir("eval") as run:
+        job.start(run, "eval", samples.seeds)
+        save_table(per, run.path, "per_sample")
+        save_table(pd.DataFrame([summary]), run.path, "summary")
+        run.write_json("eval.json", summary)
+    return run.final_path, summary

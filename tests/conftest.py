@@ -1,0 +1,36 @@
+"""Shared fixtures for the engine tests: tiny pipelines loaded once per session (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tiny models: one intra-op thread is much faster than several, and far more robust on a busy 2-core box
+# (thread contention made a 0.1 s run take 4 s). ERTACACHE_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("ERTACACHE_TEST_THREADS", "1")))
+
+STEPS = 6
+PROMPTS = ["a red circle", "two blue squares"]
+SEEDS = [0, 1]
+
+
+def _load(name: str, steps: int = STEPS):
+    from ertacli.backbones.loader import load_pipeline
+    from ertacli.recipe import resolve_recipe
+
+    recipe = resolve_recipe(name, [f"sampling.steps={steps}"])
+    return load_pipeline(recipe, "cpu"), recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    """(Loaded, Recipe) for tiny-flux at STEPS sampling steps."""
+    return _load("tiny-flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan():
+    """(Loaded, Recipe) for tiny-wan (branches cond/uncond) at STEPS sampling steps."""
+    return _load("tiny-wan")

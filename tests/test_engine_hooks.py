@@ -1,0 +1,308 @@
+"""Engine hooks and controllers on the tiny pipelines (CPU): the SPEC's invariants, end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ertacli.backbones.runner import run_batch
+from ertacli.engine import (
+    ApplyController,
+    FitController,
+    LiveSchedule,
+    RecordController,
+    SearchController,
+    Session,
+    check_adjustable,
+)
+from ertacli.engine.rectify import coeff_shape
+
+from conftest import PROMPTS, SEEDS
+
+
+def _plain(loaded, recipe):
+    return run_batch(loaded, recipe, PROMPTS, SEEDS)
+
+
+def _with(loaded, recipe, controller):
+    with Session(loaded, controller) as s:
+        return s.run_batch(recipe, PROMPTS, SEEDS)
+
+
+def _profile(loaded, recipe):
+    """Uncached baseline: RecordController stats, base sigmas, final latents."""
+    rec = RecordController(recipe.sampling.steps)
+    out = _with(loaded, recipe, rec)
+    return dict(stats=rec.stats, sigmas=loaded.pipe.scheduler.sigmas.tolist(), latents=out.latents)
+
+
+@pytest.fixture(scope="module")
+def flux_profile(tiny_flux):
+    return _profile(*tiny_flux)
+
+
+@pytest.fixture(scope="module")
+def wan_profile(tiny_wan):
+    return _profile(*tiny_wan)
+
+
+def _no_ertacache_hooks(module: torch.nn.Module) -> None:
+    for name, m in module.named_modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None:
+            left = [h for h in reg.hooks if h.startswith("ertacache")]
+            assert not left, f"{name or 'transformer'} still has hooks {left}"
+        fwd = m.forward
+        assert getattr(fwd, "__func__", None) is type(m).forward, f"{name or 'transformer'}.forward not restored"
+
+
+# ---------------------------------------------------------------- hooks are transparent
+
+@pytest.mark.parametrize("which", ["tiny_flux", "tiny_wan"])
+def test_hooks_without_caching_are_identical(which, request):
+    loaded, recipe = request.getfixturevalue(which)
+    T = recipe.sampling.steps
+    before = _plain(loaded, recipe)
+    ctl = ApplyController(T, cached={b: set() for b in loaded.backbone.branches})
+    hooked = _with(loaded, recipe, ctl)
+    assert torch.equal(hooked.latents, before.latents)
+    assert torch.equal(hooked.media, before.media)
+    assert dict(ctl.nfe) == {b: T for b in loaded.backbone.branches}
+    assert sum(ctl.n_cached.values()) == 0
+    # detached: forward restored, no hooks left, a later plain run is unchanged
+    _no_ertacache_hooks(loaded.pipe.transformer)
+    assert type(loaded.pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    after = _plain(loaded, recipe)
+    assert torch.equal(after.latents, before.latents)
+
+
+@pytest.mark.parametrize("which", ["tiny_flux", "tiny_wan"])
+def test_record_controller_is_transparent_and_complete(which, request):
+    loaded, recipe = request.getfixturevalue(which)
+    T = recipe.sampling.steps
+    prof = request.getfixturevalue("flux_profile" if which == "tiny_flux" else "wan_profile")
+    assert torch.equal(prof["latents"], _plain(loaded, recipe).latents)
+    assert set(prof["stats"]) == set(loaded.backbone.branches)
+    for rows in prof["stats"].values():
+        assert all(len(rows[key]) == T for key in RecordController.KEYS)
+        assert all(x > 0 for x in rows["R"]) and all(x > 0 for x in rows["v"])
+        assert rows["dR"][0] == 0.0 and rows["dv"][0] == 0.0 and all(x > 0 for x in rows["dv"][1:])
+
+
+# ---------------------------------------------------------------- search
+
+@pytest.mark.parametrize("which", ["tiny_flux", "tiny_wan"])
+def test_lambda_zero_caches_nothing(which, request):
+    loaded, recipe = request.getfixturevalue(which)
+    prof = request.getfixturevalue("flux_profile" if which == "tiny_flux" else "wan_profile")
+    T = recipe.sampling.steps
+    gt = {b: rows["R"] for b, rows in prof["stats"].items()}
+    ctl = SearchController(T, 0.0, gt_norms=gt)
+    out = _with(loaded, recipe, ctl)
+    assert all(not s for s in ctl.cached_steps.values())
+    assert torch.equal(out.latents, prof["latents"])
+    # errors were measured for every interior step of every branch, in [0, inf)
+    for b in loaded.backbone.branches:
+        assert sorted(ctl.errors[b]) == list(range(1, T - 1))
+    # a huge lambda caches every interior step (so the test above can fail)
+    big = SearchController(T, 1e30, gt_norms=gt)
+    _with(loaded, recipe, big)
+    for b in loaded.backbone.branches:
+        assert big.cached_steps[b] == list(range(1, T - 1))
+        assert big.nfe[b] == 2
+
+
+# ---------------------------------------------------------------- NFE
+
+def test_counted_nfe_per_branch(tiny_wan, wan_profile):
+    loaded, recipe = tiny_wan
+    T = recipe.sampling.steps
+    cached = {"cond": {1, 2, 4}, "uncond": {3}}
+    ctl = ApplyController(T, cached=cached)
+    out = _with(loaded, recipe, ctl)
+    assert dict(ctl.nfe) == {"cond": T - 3, "uncond": T - 1}
+    assert dict(ctl.n_cached) == {"cond": 3, "uncond": 1}
+    assert sum(ctl.nfe.values()) == sum(T - len(s) for s in cached.values())
+    assert not torch.equal(out.latents, wan_profile["latents"])  # caching did change the output
+
+
+# ---------------------------------------------------------------- reference loop
+
+def _capture_calls(loaded, recipe):
+    """Uncached pipeline run; the transformer's keyword arguments of every call (and the sigmas used)."""
+    calls = []
+
+    def pre(module, args, kwargs):
+        assert not args
+        calls.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()})
+
+    h = loaded.pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        out = _plain(loaded, recipe)
+    finally:
+        h.remove()
+    return calls, loaded.pipe.scheduler.sigmas.clone(), out.latents
+
+
+def _reference_hidden(loaded, calls, sigmas, S):
+    """Plain residual caching in hidden space on S, with torch hooks and an explicit Euler loop (one branch)."""
+    tr = loaded.pipe.transformer
+    blocks = [*tr.transformer_blocks, *tr.single_transformer_blocks]
+    box = {}
+
+    def head(module, args, kwargs):
+        box["h_in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def tail(module, args, kwargs, out):
+        enc, hid = out  # Flux blocks return (encoder_hidden_states, hidden_states)
+        if box["skip"]:
+            return enc, box["h_in"] + box["R"]
+        box["R"] = hid - box["h_in"]
+        return None
+
+    hooks = [blocks[0].register_forward_pre_hook(head, with_kwargs=True),
+             blocks[-1].register_forward_hook(tail, with_kwargs=True)]
+    try:
+        x = calls[0]["hidden_states"]
+        with torch.no_grad():
+            for k, kw in enumerate(calls):
+                box["skip"] = k in S
+                v = tr(**{**kw, "hidden_states": x})[0]
+                x = (x.float() + (sigmas[k + 1] - sigmas[k]) * v).to(v.dtype)
+    finally:
+        for h in hooks:
+            h.remove()
+    return x
+
+
+def _reference_latent(loaded, calls, sigmas, S):
+    """The paper's literal loop: r = v - x on computed steps, v~ = x + r on cached ones (no model call)."""
+    tr = loaded.pipe.transformer
+    x = calls[0]["hidden_states"]
+    n_calls = 0
+    with torch.no_grad():
+        for k, kw in enumerate(calls):
+            if k in S:
+                v = x + r
+            else:
+                v = tr(**{**kw, "hidden_states": x})[0]
+                r = v - x
+                n_calls += 1
+            x = (x.float() + (sigmas[k + 1] - sigmas[k]) * v).to(v.dtype)
+    return x, n_calls
+
+
+@pytest.mark.parametrize("S", [{2}, {1, 3, 4}, {2, 3}])
+def test_apply_equals_reference_loop_hidden(tiny_flux, S):
+    loaded, recipe = tiny_flux
+    T = recipe.sampling.steps
+    calls, sigmas, plain = _capture_calls(loaded, recipe)
+    assert len(calls) == T
+    # the reference loop with nothing cached reproduces the pipeline (checks the loop itself)
+    assert torch.equal(_reference_hidden(loaded, calls, sigmas, set()), plain)
+    want = _reference_hidden(loaded, calls, sigmas, S)
+    assert not torch.equal(want, plain)
+    ctl = ApplyController(T, cached={"cond": S})
+    got = _with(loaded, recipe, ctl).latents
+    assert ctl.nfe["cond"] == T - len(S)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("S", [{2}, {1, 3, 4}])
+def test_apply_equals_reference_loop_latent(tiny_flux, S):
+    loaded, recipe = tiny_flux
+    T = recipe.sampling.steps
+    calls, sigmas, plain = _capture_calls(loaded, recipe)
+    x0, n0 = _reference_latent(loaded, calls, sigmas, set())
+    assert torch.equal(x0, plain) and n0 == T
+    want, n = _reference_latent(loaded, calls, sigmas, S)
+    ctl = ApplyController(T, cached={"cond": S}, residual="latent")
+    got = _with(loaded, recipe, ctl).latents
+    assert ctl.nfe["cond"] == n == T - len(S)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- fit, then replay the plan
+
+def _fit_and_replay(loaded, recipe, prof, cached, granularity, adjust=True, rectify_on=True, form="linear"):
+    T = recipe.sampling.steps
+    base = prof["sigmas"]
+    cd = loaded.backbone.channel_dim
+    fit = FitController(T, cached, profile_dv={b: r["dv"] for b, r in prof["stats"].items()}, base_sigmas=base,
+                        adjust=adjust, rectify_on=rectify_on, form=form, granularity=granularity, channel_dim=cd)
+    fitted = _with(loaded, recipe, fit)
+    schedule = LiveSchedule(base, fixed=fit.schedule.sigmas) if adjust else None
+    coeffs = {b: dict(d) for b, d in fit.coeffs.items()}
+    app = ApplyController(T, cached=cached, coeffs=coeffs, form=form, granularity=granularity, channel_dim=cd,
+                          schedule=schedule)
+    replayed = _with(loaded, recipe, app)
+    return fit, app, fitted, replayed
+
+
+@pytest.mark.parametrize("granularity", ["scalar", "channel", "element"])
+def test_fitted_plan_replays_exactly_flux(tiny_flux, flux_profile, granularity):
+    loaded, recipe = tiny_flux
+    T = recipe.sampling.steps
+    S = {2, 3}
+    fit, app, fitted, replayed = _fit_and_replay(loaded, recipe, flux_profile, {"cond": S}, granularity)
+    assert torch.equal(replayed.latents, fitted.latents)
+    # the fit did adjust and rectify (so the replay is a real check)
+    sig = fit.schedule.sigmas
+    assert sig[0] == flux_profile["sigmas"][0] and sig[-1] == 0.0
+    assert all(sig[k + 1] <= sig[k] for k in range(T))
+    assert sig != flux_profile["sigmas"]
+    assert set(fit.phis()) == S and all(0.0 <= p <= 1.0 for p in fit.phis().values())
+    assert set(fit.coeffs["cond"]) == S
+    shape = coeff_shape(torch.Size(app.shapes["cond"]), granularity, loaded.backbone.channel_dim)
+    for a, b in fit.coeffs["cond"].values():
+        assert tuple(a.shape) == tuple(b.shape) == shape and a.dtype == torch.float64
+    # the run sampled with the adjusted sigmas
+    torch.testing.assert_close(torch.tensor(fitted.sigmas), torch.tensor(sig, dtype=torch.float32))
+    assert app.nfe["cond"] == T - len(S) and fit.nfe["cond"] == T - len(S)
+    assert not torch.equal(fitted.latents, flux_profile["latents"])
+
+
+def test_fitted_plan_replays_exactly_wan_two_branches(tiny_wan, wan_profile):
+    loaded, recipe = tiny_wan
+    T = recipe.sampling.steps
+    cached = {"cond": {2, 3}, "uncond": {3, 4}}
+    fit, app, fitted, replayed = _fit_and_replay(loaded, recipe, wan_profile, cached, "channel")
+    assert torch.equal(replayed.latents, fitted.latents)
+    assert set(fit.phis()) == {2, 3, 4}
+    assert sorted(fit.phi_branches[3]) == ["cond", "uncond"]
+    assert {b: set(d) for b, d in fit.coeffs.items()} == cached
+    assert fit.schedule.sigmas != wan_profile["sigmas"] and fit.schedule.sigmas[-1] == 0.0
+    assert dict(app.nfe) == {"cond": T - 2, "uncond": T - 2}
+
+
+def test_fit_adjust_only_replays_exactly_wan(tiny_wan, wan_profile):
+    loaded, recipe = tiny_wan
+    cached = {"cond": {1, 3}, "uncond": {2}}
+    fit, app, fitted, replayed = _fit_and_replay(loaded, recipe, wan_profile, cached, "scalar", rectify_on=False)
+    assert not fit.coeffs or all(not d for d in fit.coeffs.values())
+    assert torch.equal(replayed.latents, fitted.latents)
+
+
+def test_fit_without_adjust_or_rectify_is_plain_caching(tiny_flux):
+    loaded, recipe = tiny_flux
+    T = recipe.sampling.steps
+    prof = {"stats": {"cond": {"dv": [1.0] * T}}, "sigmas": [0.0] * (T + 1)}
+    cached = {"cond": {1, 3}}
+    fit, app, fitted, replayed = _fit_and_replay(loaded, recipe, prof, cached, "scalar",
+                                                 adjust=False, rectify_on=False)
+    assert fit.schedule is None
+    assert torch.equal(fitted.latents, replayed.latents)
+
+
+# ---------------------------------------------------------------- scheduler check
+
+def test_adjustment_refused_for_non_euler_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from ertacli.engine import AdjustmentRefused
+
+    with pytest.raises(AdjustmentRefused, match="UniPCMultistepScheduler"):
+        check_adjustable(UniPCMultistepScheduler())
+    with pytest.raises(AdjustmentRefused):
+        check_adjustable(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
+    check_adjustable(FlowMatchEulerDiscreteScheduler(shift=3.0))
