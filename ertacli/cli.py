@@ -109,7 +109,7 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Optio
     job = _job(model, sets, device, quiet)
     lams = _lambdas(lambdas) or list(job.recipe.search.lambdas)
     path, df = run_search(job, lams, profile, cached_steps, target_speedup)
-    _show(df, "search: one plan per lambda", path)
+    _show(df.drop(columns=["cached"]), "search: one plan per lambda", path)
 
 
 @app.command("fit")

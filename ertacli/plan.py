@@ -172,4 +172,5 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
     """One table row describing a plan."""
     return {"lambda": plan.lam, "method": plan.method, "cached_steps": plan.n_cached, "nfe": plan.nfe,
             "predicted_speedup": round(plan.predicted_speedup, 4),
+            "per_branch": " ".join(f"{b}={len(plan.cached_steps.get(b, []))}" for b in plan.branches),
             "cached": "; ".join(f"{b}:{','.join(map(str, plan.cached_steps.get(b, [])))}" for b in plan.branches)}

@@ -306,3 +306,25 @@ def test_adjustment_refused_for_non_euler_scheduler():
     with pytest.raises(AdjustmentRefused):
         check_adjustable(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
     check_adjustable(FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
+def test_refused_adjustment_leaves_no_hooks(tiny_flux, flux_profile):
+    """Session refuses a planned schedule on a non-Euler scheduler, and leaves the pipeline as it found it."""
+    from diffusers import UniPCMultistepScheduler
+
+    from ertacli.engine import AdjustmentRefused
+
+    loaded, recipe = tiny_flux
+    T = recipe.sampling.steps
+    original = loaded.pipe.scheduler
+    loaded.pipe.scheduler = UniPCMultistepScheduler()
+    try:
+        ctl = ApplyController(T, cached={"cond": {2}}, schedule=LiveSchedule(flux_profile["sigmas"]))
+        with pytest.raises(AdjustmentRefused):
+            with Session(loaded, ctl):
+                pass
+        assert type(loaded.pipe.scheduler) is UniPCMultistepScheduler
+    finally:
+        loaded.pipe.scheduler = original
+    _no_ertacache_hooks(loaded.pipe.transformer)
+    assert torch.equal(_plain(loaded, recipe).latents, flux_profile["latents"])

@@ -268,3 +268,64 @@ def test_phi_summary():
     assert s["median"] == 0.25 and s["cached"] == 4 and s["one"] == 1
     assert phi_summary({}) == {"cached": 0, "zero": 0, "partial": 0, "one": 0,
                                "min": None, "median": None, "max": None}
+
+
+# ---------------------------------------------------------------- toy hook check (no pipeline)
+
+class _Toy(torch.nn.Module):
+    """A 'transformer' whose velocity is x + 1: the latent residual v - x is the same at every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, hidden_states, timestep=None, return_dict=False):
+        self.calls = getattr(self, "calls", 0) + 1
+        return (hidden_states + self.w,)
+
+
+def _toy_run(controller, T):
+    from ertacli.engine import apply_ertacache, remove_ertacache, reset_ertacache
+
+    toy = _Toy()
+    apply_ertacache(toy, (), controller, residual="latent")
+    reset_ertacache(toy)
+    controller.begin()
+    x = torch.arange(6.0).reshape(2, 3)
+    try:
+        with torch.no_grad():
+            outs = [toy(hidden_states=x * (k + 1), timestep=torch.ones(2), return_dict=False)[0] for k in range(T)]
+    finally:
+        remove_ertacache(toy)
+    return toy, outs
+
+
+def test_toy_search_is_strict_and_counts():
+    """e_k = 0 exactly at every step: lambda = 0 must still cache nothing (strict <), any lambda > 0 caches 1..T-2."""
+    from ertacli.engine import SearchController
+
+    T = 5
+    ctl = SearchController(T, 0.0, gt_norms={"default": [1.0] * T}, residual="latent")
+    toy, outs = _toy_run(ctl, T)
+    assert not ctl.cached_steps.get("default") and ctl.nfe["default"] == T
+    assert all(ctl.errors["default"][k] == 0.0 for k in range(1, T - 1))
+    ctl = SearchController(T, 1e-12, gt_norms={"default": [1.0] * T}, residual="latent")
+    toy, outs = _toy_run(ctl, T)
+    assert ctl.cached_steps["default"] == [1, 2, 3] and ctl.nfe["default"] == 2
+    x = torch.arange(6.0).reshape(2, 3)
+    for k, v in enumerate(outs):
+        assert torch.equal(v, x * (k + 1) + 1)
+
+
+def test_toy_apply_latent_skips_the_model():
+    from ertacli.engine import ApplyController
+
+    T = 5
+    ctl = ApplyController(T, cached={"default": {1, 2}}, residual="latent")
+    toy, outs = _toy_run(ctl, T)
+    assert toy.calls == T - 2 and ctl.nfe["default"] == T - 2 and ctl.n_cached["default"] == 2
+    x = torch.arange(6.0).reshape(2, 3)
+    for k, v in enumerate(outs):
+        assert torch.equal(v, x * (k + 1) + 1)
+    with pytest.raises(RuntimeError):  # more calls than steps
+        _toy_run(ApplyController(T - 1, cached={}, residual="latent"), T)
