@@ -126,7 +126,10 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
              "gain_vs_plain": c["gain_vs_plain"],
              "chosen": (c["adjust"], c["rectify"]) == (final.fit["decision"]["adjust"], final.fit["decision"]["rectify"])}
             for c in final.fit["candidates"]]
-    _show(rows, f"fit: candidates (phi: {final.fit['phi_summary']})", path)
+    ph = final.fit["phi_summary"]
+    console.print(f"phi over {ph['cached']} cached steps: {ph['zero']} at 0, {ph['partial']} in (0,1), "
+                  f"{ph['one']} at 1; min/median/max {ph['min']}/{ph['median']}/{ph['max']}")
+    _show(rows, "fit: candidates on held-out prompts (lower MSE wins)", path)
 
 
 @app.command("generate")
@@ -158,7 +161,7 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
 
     job = _job(model, sets, device, quiet)
     path, summary = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run)
-    _show([{k: v for k, v in summary.items() if k not in ("run", "baseline", "plan")}], "eval", path)
+    _show([{"quantity": k, "value": v} for k, v in summary.items()], "eval: cached vs uncached baseline", path)
 
 
 @app.command("reproduce")

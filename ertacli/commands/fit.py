@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..plan import Plan, check_plan, coeffs_from, load_plan
-from .common import Job, Samples, load_tensors
+from .common import Job, Samples, load_tensors, save_tensors
 from .profile import load_profile
 
 MODES = ("auto", "on", "off")
@@ -110,8 +110,9 @@ def run_fit(job: Job, plan_path: str, adjust: str | None = None, rectify: str | 
     ref = load_tensors(Path(pdir) / "baseline_latents.safetensors")["latents"][hold_idx] if validate else None
     results = []
     for adj, rect in _candidates(adjust, rectify):
+        latents = None
         if adj or rect:
-            ctl, _ = fit_pass(job, plan, profile, fit_set, adj, rect)
+            ctl, latents = fit_pass(job, plan, profile, fit_set, adj, rect)
             cand, tensors = _with_fit(plan, ctl, adj, rect, fc.rectify_form, fc.granularity)
             phis = ctl.phis()
         else:
@@ -121,7 +122,7 @@ def run_fit(job: Job, plan_path: str, adjust: str | None = None, rectify: str | 
             coeffs = coeffs_from(cand, tensors)
             mse = _holdout_mse(job, cand, hold_set, ref, coeffs, cand.adjusted_sigmas)
         results.append({"adjust": adj, "rectify": rect, "holdout_mse": mse, "plan": cand, "tensors": tensors,
-                        "phis": phis})
+                        "phis": phis, "latents": latents})
     best = _choose(results, validate)
     plain = next((r["holdout_mse"] for r in results if not r["adjust"] and not r["rectify"]), None)
     final: Plan = best["plan"]
@@ -139,6 +140,8 @@ def run_fit(job: Job, plan_path: str, adjust: str | None = None, rectify: str | 
         job.start(run, "fit", samples.seeds)
         final.save(run.subdir("plan"), best["tensors"])
         run.write_json("fit.json", {"source_plan": str(folder), **final.fit})
+        if best["latents"] is not None:
+            save_tensors(run.file("fit_latents.safetensors"), {"latents": best["latents"]})
     return run.final_path, final
 
 

@@ -36,12 +36,17 @@ class Session:
 
     def __enter__(self) -> "Session":
         pipe = self.loaded.pipe
-        apply_ertacache(pipe.transformer, self.loaded.backbone.block_lists, self.controller,
-                        self.controller.residual)
-        self._scheduler = pipe.scheduler
         if self.controller.schedule is not None:
             check_adjustable(pipe.scheduler)
-            pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)
+        self._scheduler = pipe.scheduler
+        apply_ertacache(pipe.transformer, self.loaded.backbone.block_lists, self.controller,
+                        self.controller.residual)
+        try:
+            if self.controller.schedule is not None:
+                pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

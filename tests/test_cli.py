@@ -1,0 +1,170 @@
+"""The command line end to end on random-weight tiny pipelines: the loop, plans, errors, reproduce."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ertacli.cli import main
+
+FAST = ["--set", "model.source=tiny", "--set", "sampling.steps=8", "--set", "eval.warmup=0", "-q"]
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `ertacache ARGS` in-process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["ertacache", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def results(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("ERTACACHE_RESULTS", str(tmp_path / "results"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "results"
+
+
+def runs(results: Path, recipe: str, command: str) -> list[Path]:
+    folder = results / recipe
+    return sorted(folder.glob(f"{command}-*")) if folder.exists() else []
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, ertacli.cli; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["search", "-m", "tiny-flux", "--lambda", "-0.1"], "--lambda must be >= 0"),
+    (["search", "-m", "tiny-flx"], "did you mean tiny-flux"),
+    (["generate", "-m", "tiny-flux", "--prompts", "missing.txt"], "prompt file not found: missing.txt"),
+    (["profile", "-m", "tiny-flux", "--set", "sampling.steps=abc"], "field 'sampling.steps'"),
+    (["validate", "bad.yaml"], "bad.yaml: invalid YAML at line"),
+    (["search", "-m", "tiny-flux", "--lambda", "x"], "--lambda: 'x' is not a number"),
+])
+def test_bad_input_is_one_line_exit_2_no_run_dir(results, monkeypatch, capsys, tmp_path, args, expect):
+    (tmp_path / "bad.yaml").write_text("name: x\nmodel: [\n")
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert expect in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+    assert not results.exists() or not any(results.rglob("*.json"))
+
+
+@pytest.fixture()
+def unknown_recipe(tmp_path):
+    from ertacli.recipe import find_recipe
+
+    p = tmp_path / "unknown.yaml"
+    p.write_text(f"name: x\ninclude: {find_recipe('tiny-flux')}\nbogus: 1\n")
+    return p
+
+
+def test_unknown_key_names_field(results, monkeypatch, capsys, unknown_recipe):
+    code, _, err = cli(monkeypatch, capsys, "validate", str(unknown_recipe))
+    assert code == 2 and "unknown key 'bogus'" in err
+
+
+def test_search_tiny_wan_two_plans_per_branch(results, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "search", "-m", "tiny-wan", "--lambda", "0.05", "--lambda", "0.2",
+                         *FAST)
+    assert code == 0, err
+    (run,) = runs(results, "tiny-wan", "search")
+    plans = sorted(run.glob("plans/*/plan.json"))
+    assert [p.parent.name for p in plans] == ["lambda-0.05", "lambda-0.2"]
+    summary = (run / "summary.csv").read_text().splitlines()
+    assert len(summary) == 3
+    for p in plans:
+        plan = json.loads(p.read_text())
+        assert set(plan["cached_steps"]) == {"cond", "uncond"} == set(plan["branches"])
+        assert all(0 < k < 7 for steps in plan["cached_steps"].values() for k in steps)
+    big = json.loads(plans[1].read_text())
+    assert sum(len(s) for s in big["cached_steps"].values()) >= sum(
+        len(s) for s in json.loads(plans[0].read_text())["cached_steps"].values())
+    assert (run / "recipe.yaml").is_file() and (run / "env.json").is_file() and (run / "command.txt").is_file()
+    assert runs(results, "tiny-wan", "profile"), "search runs a profile first when none exists"
+
+
+def _search_one(results, monkeypatch, capsys, lam: str, recipe="tiny-flux") -> Path:
+    code, _, err = cli(monkeypatch, capsys, "search", "-m", recipe, "--lambda", lam, *FAST)
+    assert code == 0, err
+    return sorted(runs(results, recipe, "search")[-1].glob("plans/*"))[0]
+
+
+def _latents(run: Path) -> dict:
+    return load_file(str(run / "latents.safetensors"))
+
+
+def test_lambda_zero_plan_equals_baseline(results, monkeypatch, capsys):
+    plan = _search_one(results, monkeypatch, capsys, "0")
+    assert json.loads((plan / "plan.json").read_text())["cached_steps"] == {"cond": []}
+    args = ["--prompt", "a handwritten seven", "--seed", "3", *FAST]
+    assert cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", *args)[0] == 0
+    assert cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", "--plan", str(plan), *args)[0] == 0
+    base, cached = runs(results, "tiny-flux", "generate")
+    a, b = _latents(base), _latents(cached)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "element"])
+def test_fit_plan_round_trip_replays_fit_trajectory(results, monkeypatch, capsys, granularity):
+    from ertacli.commands.common import Job, Samples
+    from ertacli.commands.fit import apply_controller
+    from ertacli.engine import Session
+    from ertacli.plan import load_plan, plan_coeffs
+
+    plan_dir = _search_one(results, monkeypatch, capsys, "0.5")
+    sets = [*FAST, "--set", f"fit.granularity={granularity}"]
+    code, out, err = cli(monkeypatch, capsys, "fit", "-m", "tiny-flux", "--plan", str(plan_dir),
+                         "--adjust", "on", "--rectify", "on", *sets)
+    assert code == 0, err
+    (fit_run,) = runs(results, "tiny-flux", "fit")
+    plan, folder = load_plan(fit_run)
+    assert plan.rectify["granularity"] == granularity and (folder / "rectify.safetensors").is_file()
+    assert plan.adjusted_sigmas[0] == plan.base_sigmas[0] and plan.adjusted_sigmas[-1] == 0.0
+    job = Job.make("tiny-flux", [s for s in sets if s.startswith(("model", "sampling", "eval", "fit"))], "cpu")
+    fit_set = Samples(plan.fit["fit_samples"]["prompts"], plan.fit["fit_samples"]["seeds"])
+    ctl = apply_controller(job, plan, plan_coeffs(plan, folder), plan.adjusted_sigmas)
+    with Session(job.loaded, ctl) as session:
+        replay = session.run_batch(job.recipe, fit_set.prompts, fit_set.seeds)
+    assert torch.equal(replay.latents, load_file(str(fit_run / "fit_latents.safetensors"))["latents"])
+
+
+def test_plan_refused_for_other_steps_and_recipe(results, monkeypatch, capsys):
+    plan = _search_one(results, monkeypatch, capsys, "0.5")
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", "--plan", str(plan),
+                       *FAST, "--set", "sampling.steps=6")
+    assert code == 2 and "has 8 steps, this run uses 6" in err and "re-run" in err
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-wan", "--plan", str(plan), *FAST)
+    assert code == 2 and "re-run `ertacache search --model tiny-wan`" in err
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", "--plan", str(plan), *FAST,
+                       "--set", "sampling.height=16")
+    assert code == 2 and "re-run" in err
+
+
+def test_eval_and_reproduce_exact(results, monkeypatch, capsys):
+    plan = _search_one(results, monkeypatch, capsys, "0.5")
+    code, _, err = cli(monkeypatch, capsys, "eval", "-m", "tiny-flux", "--plan", str(plan), "--prompt", "a seven",
+                       "--prompt", "a two", *FAST)
+    assert code == 0, err
+    (ev,) = runs(results, "tiny-flux", "eval")
+    summary = json.loads((ev / "eval.json").read_text())
+    n_cached = sum(len(s) for s in json.loads((plan / "plan.json").read_text())["cached_steps"].values())
+    assert summary["nfe"] == 8 - n_cached and summary["baseline_nfe"] == 8
+    assert summary["samples"] == 2 and summary["psnr"] > 10 and 0 < summary["ssim"] <= 1
+    cached = [g for g in runs(results, "tiny-flux", "generate")
+              if json.loads((g / "generate.json").read_text())["plan"]][0]
+    code, out, err = cli(monkeypatch, capsys, "reproduce", str(cached))
+    assert code == 0, err + out
+    assert "exact match" in out
