@@ -60,9 +60,12 @@ def call_kwargs(loaded, recipe, prompts: Sequence[str]) -> dict[str, Any]:
 
 
 def run_batch(
-    loaded, recipe, prompts: Sequence[str], seeds: Sequence[int]
+    loaded, recipe, prompts: Sequence[str], seeds: Sequence[int], on_step: Any = None
 ) -> BatchResult:
-    """One pipeline call for the batch; sample i uses prompts[i] and a CPU generator seeded with seeds[i]."""
+    """One pipeline call for the batch; sample i uses prompts[i] and a CPU generator seeded with seeds[i].
+
+    `on_step()`, if given, is called after every denoising step (progress bars).
+    """
     import torch
 
     if len(prompts) != len(seeds) or not prompts:
@@ -72,6 +75,8 @@ def run_batch(
 
     def on_step_end(pipe: Any, i: int, t: Any, cb: dict[str, Any]) -> dict[str, Any]:
         captured["latents"] = cb["latents"]
+        if on_step is not None:
+            on_step()
         return {}
 
     kwargs = call_kwargs(loaded, recipe, prompts)

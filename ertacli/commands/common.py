@@ -101,6 +101,15 @@ def progress_bar(quiet: bool = False):
                     disable=quiet, transient=True)
 
 
+def calibration_pass(job: "Job", controller, samples: "Samples", label: str):
+    """One lockstep pipeline call of the calibration batch under `controller`, with a step progress bar."""
+    from ..engine import Session
+
+    with Session(job.loaded, controller) as session, progress_bar(job.quiet) as bar:
+        task = bar.add_task(label, total=job.recipe.sampling.steps)
+        return session.run_batch(job.recipe, samples.prompts, samples.seeds, on_step=lambda: bar.advance(task))
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

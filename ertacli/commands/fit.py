@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..plan import Plan, check_plan, coeffs_from, load_plan
-from .common import Job, Samples, load_tensors, save_tensors
+from .common import Job, Samples, calibration_pass, load_tensors, save_tensors
 from .profile import load_profile
 
 MODES = ("auto", "on", "off")
@@ -26,14 +26,13 @@ def split_holdout(samples: Samples, prompts: list[str], seeds: list[int], share:
 
 def fit_pass(job: Job, plan: Plan, profile: dict, samples: Samples, adjust: bool, rectify: bool):
     """One lockstep fit pass; returns (controller, final latents)."""
-    from ..engine import FitController, Session
+    from ..engine import FitController
 
     fc = job.recipe.fit
     ctl = FitController(plan.steps, plan.cached_sets(), {b: r["dv"] for b, r in profile["stats"].items()},
                         plan.base_sigmas, adjust, rectify, fc.rectify_form, fc.granularity,
                         job.loaded.backbone.channel_dim, plan.residual)
-    with Session(job.loaded, ctl) as session:
-        out = session.run_batch(job.recipe, samples.prompts, samples.seeds)
+    out = calibration_pass(job, ctl, samples, f"fit adjust={adjust} rectify={rectify}")
     return ctl, out.latents
 
 
@@ -49,11 +48,7 @@ def apply_controller(job: Job, plan: Plan, coeffs=None, sigmas=None):
 
 
 def _holdout_mse(job: Job, plan: Plan, samples: Samples, ref, coeffs, sigmas) -> float:
-    from ..engine import Session
-
-    ctl = apply_controller(job, plan, coeffs, sigmas)
-    with Session(job.loaded, ctl) as session:
-        out = session.run_batch(job.recipe, samples.prompts, samples.seeds)
+    out = calibration_pass(job, apply_controller(job, plan, coeffs, sigmas), samples, "validate on held-out")
     return float(((out.latents.double() - ref.double()) ** 2).mean())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Job, find_run, read_json, save_tensors
+from .common import Job, calibration_pass, find_run, read_json, save_tensors
 
 PROFILE_FILE = "profile.json"
 
@@ -14,7 +14,7 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
     """Run the calibration batch uncached, record per-step per-branch statistics and the baseline outputs."""
     import pandas as pd
 
-    from ..engine import RecordController, Session
+    from ..engine import RecordController
     from ..tables import save_table
 
     samples = job.calibration()
@@ -22,8 +22,7 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
     rec = RecordController(T, job.recipe.cache.residual, keep_tensors=keep_tensors)
     with job.rundir("profile") as run:
         job.start(run, "profile", samples.seeds)
-        with Session(job.loaded, rec) as session:
-            out = session.run_batch(job.recipe, samples.prompts, samples.seeds)
+        out = calibration_pass(job, rec, samples, f"profile ({len(samples)} samples)")
         stats = {b: dict(rows, dR_rel=[d / r if r > 0 else 0.0 for d, r in zip(rows["dR"], rows["R"])])
                  for b, rows in rec.stats.items()}
         run.write_json(PROFILE_FILE, {

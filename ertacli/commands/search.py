@@ -6,20 +6,19 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..plan import Plan, model_id, plan_summary
-from .common import Job
+from .common import Job, calibration_pass
 from .profile import find_or_make_profile
 
 
 def search_plan(job: Job, profile: dict, profile_dir: Path, lam: float) -> Plan:
     """One lockstep calibration pass with the threshold decision at lambda."""
-    from ..engine import SearchController, Session
+    from ..engine import SearchController
 
     samples = job.calibration()
     T = job.recipe.sampling.steps
     gt = {b: rows["R"] for b, rows in profile["stats"].items()}
     ctl = SearchController(T, lam, gt, job.recipe.cache.residual)
-    with Session(job.loaded, ctl) as session:
-        session.run_batch(job.recipe, samples.prompts, samples.seeds)
+    calibration_pass(job, ctl, samples, f"search lambda={lam:g}")
     branches = list(profile["branches"])
     return Plan(
         recipe=job.recipe.name, recipe_key=job.key, model_id=model_id(job.recipe), steps=T,

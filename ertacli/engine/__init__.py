@@ -58,9 +58,9 @@ class Session:
         reset_ertacache(self.loaded.pipe.transformer)
         self.controller.begin()
 
-    def run_batch(self, recipe, prompts: list[str], seeds: list[int]):
-        """One lockstep pipeline call over the whole batch."""
+    def run_batch(self, recipe, prompts: list[str], seeds: list[int], on_step=None):
+        """One lockstep pipeline call over the whole batch (`on_step()` after each denoising step)."""
         from ..backbones.runner import run_batch
 
         self.fresh()
-        return run_batch(self.loaded, recipe, prompts, seeds)
+        return run_batch(self.loaded, recipe, prompts, seeds, on_step=on_step)
