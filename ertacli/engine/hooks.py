@@ -140,8 +140,8 @@ def _block_output(meta, args, kwargs, hidden: torch.Tensor):
     return tuple(ret)
 
 
-class StackHeadHook(ModelHook):
-    """First block: records h_in; when the call is cached, returns h_in + R~ and the stack is passed through."""
+class _BlockHook(ModelHook):
+    """Shared by the block hooks: the branch state and the block class's argument/return layout."""
 
     _is_stateful = True
 
@@ -153,47 +153,45 @@ class StackHeadHook(ModelHook):
         self.meta = TransformerBlockRegistry.get(module.__class__)
         return module
 
-    def new_forward(self, module, *args, **kwargs):
-        _ensure_context(self.states)
-        st: BranchState = self.states.get_state()
-        st.h_in = self.meta._get_parameter_from_args_kwargs(self.meta.hidden_states_argument_name, args, kwargs)
-        if st.skip:
-            return _block_output(self.meta, args, kwargs, st.h_in + st.inject)
-        return self.fn_ref.original_forward(*args, **kwargs)
-
     def reset_state(self, module):
         self.states.reset()
         return module
 
+    def _state(self) -> BranchState:
+        _ensure_context(self.states)
+        return self.states.get_state()
 
-class StackBlockHook(ModelHook):
-    """Later blocks: pass through on a cached call; the tail block stores R_k = h_out - h_in on a full call."""
+    def _hidden(self, args, kwargs) -> torch.Tensor:
+        return self.meta._get_parameter_from_args_kwargs(self.meta.hidden_states_argument_name, args, kwargs)
 
-    _is_stateful = True
 
-    def __init__(self, states: StateManager, is_tail: bool):
-        super().__init__()
-        self.states, self.is_tail, self.meta = states, is_tail, None
-
-    def initialize_hook(self, module):
-        self.meta = TransformerBlockRegistry.get(module.__class__)
-        return module
+class StackHeadHook(_BlockHook):
+    """First block: records h_in; when the call is cached, returns h_in + R~ and the stack is passed through."""
 
     def new_forward(self, module, *args, **kwargs):
-        _ensure_context(self.states)
-        st: BranchState = self.states.get_state()
+        st = self._state()
+        st.h_in = self._hidden(args, kwargs)
         if st.skip:
-            hidden = self.meta._get_parameter_from_args_kwargs(self.meta.hidden_states_argument_name, args, kwargs)
-            return _block_output(self.meta, args, kwargs, hidden)
+            return _block_output(self.meta, args, kwargs, st.h_in + st.inject)
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+class StackBlockHook(_BlockHook):
+    """Later blocks: pass through on a cached call; the tail block stores R_k = h_out - h_in on a full call."""
+
+    def __init__(self, states: StateManager, is_tail: bool):
+        super().__init__(states)
+        self.is_tail = is_tail
+
+    def new_forward(self, module, *args, **kwargs):
+        st = self._state()
+        if st.skip:
+            return _block_output(self.meta, args, kwargs, self._hidden(args, kwargs))
         out = self.fn_ref.original_forward(*args, **kwargs)
         if self.is_tail:
             h_out = out[self.meta.return_hidden_states_index] if isinstance(out, tuple) else out
             st.residual = h_out - st.h_in
         return out
-
-    def reset_state(self, module):
-        self.states.reset()
-        return module
 
 
 def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[torch.nn.Module]:
