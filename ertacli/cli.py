@@ -177,13 +177,17 @@ def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re
 
 @app.command("demo")
 def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
+             ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Add the paper's Table 3 rows."),
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """The whole loop on one recipe: profile -> search -> fit -> generate -> eval, one table."""
     from .commands.demo import run_demo
 
     job = _job(model, sets, device, quiet)
-    path, df = run_demo(job, _lambdas(lambdas) or list(job.recipe.search.lambdas))
-    _show(df, f"ERTACache on {job.recipe.name}: cached vs uncached", path)
+    path, df, abl = run_demo(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), ablation)
+    _show(df, f"ERTACache on {job.recipe.name}: cached vs uncached, per lambda")
+    if len(abl):
+        _show(abl, "ablation (paper Table 3) at one lambda, same cached steps per row")
+    console.print(f"[bold]run directory:[/bold] {path}")
 
 
 def main() -> None:

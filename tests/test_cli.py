@@ -168,3 +168,19 @@ def test_eval_and_reproduce_exact(results, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "reproduce", str(cached))
     assert code == 0, err + out
     assert "exact match" in out
+
+
+def test_demo_table_and_ablation(results, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "demo", "-m", "tiny-flux", "--lambda", "0.3,0.8", *FAST)
+    assert code == 0, err
+    (demo,) = runs(results, "tiny-flux", "demo")
+    import pandas as pd
+
+    table = pd.read_csv(demo / "demo.csv")
+    assert list(table["lambda"]) == [0.3, 0.8]
+    assert {"cached_steps", "nfe", "speedup", "psnr", "ssim"} <= set(table.columns)
+    assert (table["nfe"] == 8 - table["cached_steps"]).all()
+    abl = pd.read_csv(demo / "ablation.csv")
+    assert list(abl["row"]) == ["uniform cache", "offline policy", "+ timestep adjustment", "+ error rectification"]
+    assert abl["cached_steps"].nunique() == 1 and abl["nfe"].nunique() == 1
+    assert "ERTACache on tiny-flux" in out and "run directory" in out

@@ -1,19 +1,62 @@
-"""demo: the whole loop on one recipe in one process, summarised in one table."""
+"""demo: the whole loop on one recipe in one process, summarised in one table, plus the paper's ablation."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
-from .common import Job
+from ..errors import UserError
+from ..plan import Plan
+from .common import Job, Samples
 
 
-def run_demo(job: Job, lambdas: list[float]):
-    """profile -> search (each lambda) -> fit -> generate -> eval; baseline and cached timed in this process."""
+def uniform_plan(plan: Plan) -> Plan:
+    """The ablation's first row: the same |S| per branch, evenly spaced (SPEC "Uniform cache")."""
+    from ..engine.schedule import uniform_cached_steps
+
+    p = Plan(**asdict(plan))
+    p.cached_steps = {b: uniform_cached_steps(p.steps, len(s)) for b, s in plan.cached_steps.items()}
+    p.method, p.fit, p.adjusted_sigmas, p.rectify, p.search_errors = "uniform", None, None, None, {}
+    return p
+
+
+def _row(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, label: str, plan: Plan) -> dict:
+    """Generate with a plan and compare it with the baseline: one table row."""
+    from .evaluate import compare
+    from .generate import run_generate
+
+    metrics = list(job.recipe.eval.metrics)
+    _, s = compare(job, run_generate(job, samples, str(plan_dir)), base_dir, metrics)
+    return {"row": label, "lambda": plan.lam, "cached_steps": plan.n_cached, "nfe": s["nfe"],
+            "baseline_nfe": s["baseline_nfe"], "ideal_speedup": s["ideal_speedup"], "speedup": s["speedup"],
+            **{m: s[m] for m in metrics}, "plan": str(plan_dir)}
+
+
+def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, workdir: Path) -> list[dict]:
+    """Paper Table 3 at one NFE: uniform cache, offline policy, + timestep adjustment, + error rectification."""
+    from ..plan import find_plan_dir, load_plan
+    from .fit import run_fit
+
+    plan, _ = load_plan(plan_dir)
+    uni_dir = uniform_plan(plan).save(workdir / "uniform")
+    rows = [_row(job, samples, base_dir, uni_dir, "uniform cache", load_plan(uni_dir)[0]),
+            _row(job, samples, base_dir, plan_dir, "offline policy", plan)]
+    for label, rect in (("+ timestep adjustment", "off"), ("+ error rectification", "on")):
+        try:
+            fit_dir, fitted = run_fit(job, str(plan_dir), "on", rect)
+        except UserError as exc:  # adjustment refused for this scheduler: report it, invent no row
+            rows.append({"row": label, "lambda": plan.lam, "note": f"not run: {exc}"})
+            continue
+        rows.append(_row(job, samples, base_dir, find_plan_dir(fit_dir), label, fitted))
+    return rows
+
+
+def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True):
+    """profile -> search (each lambda) -> fit (validated) -> generate -> eval; baseline timed in this process."""
     import pandas as pd
 
-    from ..plan import find_plan_dir, load_plan
+    from ..plan import find_plan_dir
     from ..tables import save_table
-    from .evaluate import compare
     from .fit import run_fit
     from .generate import run_generate
     from .profile import run_profile
@@ -23,22 +66,20 @@ def run_demo(job: Job, lambdas: list[float]):
     search_dir, summary = run_search(job, lambdas, str(profile_dir))
     samples = job.eval_samples()
     base_dir = run_generate(job, samples, None)
-    metrics = list(job.recipe.eval.metrics)
     rows = []
     for rel in summary["plan"]:
         fit_dir, plan = run_fit(job, str(search_dir / rel))
-        plan_dir = find_plan_dir(fit_dir)
-        cached_dir = run_generate(job, samples, str(plan_dir))
-        _, s = compare(job, cached_dir, base_dir, metrics)
-        rows.append({"lambda": plan.lam, "cached_steps": plan.n_cached, "nfe": s["nfe"],
-                     "baseline_nfe": s["baseline_nfe"], "ideal_speedup": s["ideal_speedup"],
-                     "speedup": s["speedup"], **{m: s[m] for m in metrics},
-                     "adjust": plan.fit["decision"]["adjust"], "rectify": plan.fit["decision"]["rectify"],
-                     "plan": str(plan_dir)})
-    df = pd.DataFrame(rows)
+        row = _row(job, samples, base_dir, find_plan_dir(fit_dir), "ertacache (validated fit)", plan)
+        rows.append({**row, "adjust": plan.fit["decision"]["adjust"], "rectify": plan.fit["decision"]["rectify"]})
+    abl = []
     with job.rundir("demo") as run:
         job.start(run, "demo", samples.seeds)
-        save_table(df, run.path, "demo")
+        if with_ablation:
+            mid = summary["plan"][len(summary["plan"]) // 2]
+            abl = ablation(job, samples, base_dir, search_dir / mid, run.subdir("ablation_plans"))
+            save_table(pd.DataFrame(abl), run.path, "ablation")
+        save_table(pd.DataFrame(rows), run.path, "demo")
         run.write_json("demo.json", {"profile": str(profile_dir), "search": str(search_dir),
-                                     "baseline": str(base_dir), "rows": rows})
-    return run.final_path, df.drop(columns=["plan"])
+                                     "baseline": str(base_dir), "rows": rows, "ablation": abl})
+    drop = lambda df: df.drop(columns=[c for c in ("plan",) if c in df.columns])
+    return run.final_path, drop(pd.DataFrame(rows)), drop(pd.DataFrame(abl))
