@@ -29,13 +29,17 @@ def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bo
     return Job.make(model, sets, device, quiet=quiet)
 
 
+SHORT = {"cached_steps": "cached", "baseline_nfe": "nfe0", "ideal_speedup": "ideal", "predicted_speedup": "pred.",
+         "holdout_mse": "heldout mse", "gain_vs_plain": "gain"}
+
+
 def _show(df_or_rows, title: str, path: Optional[Path] = None) -> None:
     import pandas as pd
 
     from .tables import rich_table
 
     df = df_or_rows if isinstance(df_or_rows, pd.DataFrame) else pd.DataFrame(df_or_rows)
-    console.print(rich_table(df, title))
+    console.print(rich_table(df.rename(columns=SHORT), title))
     if path is not None:
         console.print(f"[bold]run directory:[/bold] {path}")
 
@@ -184,7 +188,7 @@ def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(
 
     job = _job(model, sets, device, quiet)
     path, df, abl = run_demo(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), ablation)
-    _show(df, f"ERTACache on {job.recipe.name}: cached vs uncached, per lambda")
+    _show(df.drop(columns=["row"]), f"ERTACache on {job.recipe.name}: validated fit per lambda vs uncached")
     if len(abl):
         _show(abl, "ablation (paper Table 3) at one lambda, same cached steps per row")
     console.print(f"[bold]run directory:[/bold] {path}")

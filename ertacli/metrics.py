@@ -83,11 +83,28 @@ def ssim(pred: Any, ref: Any, **ctx: Any) -> float:
     return float(vals.mean())
 
 
+@register_metric("digit-acc")
+def digit_acc(pred: Any, ref: Any = None, *, prompt: str | None = None, **ctx: Any) -> float:
+    """Share of frames a load_digits classifier labels as the digit the prompt names (ref ignored; NaN if none)."""
+    from ertacli.tinytrain.classifier import digit_accuracy
+
+    if prompt is None:
+        raise ValueError("digit-acc needs the sample's prompt (compute_metrics(..., prompts=[...]))")
+    return digit_accuracy(pred, prompt)
+
+
 def compute_metrics(
     names: Sequence[str], preds: Sequence[Any], refs: Sequence[Any], **ctx: Any
 ) -> list[dict[str, float]]:
-    """One dict {name: value} per sample."""
+    """One dict {name: value} per sample; with ctx prompts=[...], each metric also gets its sample's prompt=."""
     fns = {name: get_metric(name) for name in names}
     if len(preds) != len(refs):
         raise ValueError(f"compute_metrics: {len(preds)} predictions vs {len(refs)} references")
-    return [{name: fn(p, r, **ctx) for name, fn in fns.items()} for p, r in zip(preds, refs)]
+    prompts = ctx.get("prompts")
+    if prompts is not None and len(prompts) != len(preds):
+        raise ValueError(f"compute_metrics: {len(preds)} predictions vs {len(prompts)} prompts")
+    out = []
+    for i, (p, r) in enumerate(zip(preds, refs)):
+        extra = {"prompt": prompts[i]} if prompts is not None else {}
+        out.append({name: fn(p, r, **ctx, **extra) for name, fn in fns.items()})
+    return out

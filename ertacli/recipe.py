@@ -51,6 +51,7 @@ class ModelCfg(_Strict):
     seed: int = 0
     tiny: dict[str, Any] = Field(default_factory=dict)
     scheduler: Optional[Literal["flow-euler"]] = None
+    text_encoder: Literal["pipeline", "hash", "minilm"] = "pipeline"  # hash/minilm: offline prompt_embeds
 
     @model_validator(mode="after")
     def _pretrained_needs_path(self) -> "ModelCfg":
@@ -88,6 +89,8 @@ class EvalCfg(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"], min_length=1)
     warmup: int = Field(1, ge=0)
+    timing_samples: int = Field(4, ge=1)
+    timing_rounds: int = Field(3, ge=1)
 
 
 class CacheCfg(_Strict):
@@ -242,9 +245,13 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _rebase_prompts(data: dict, src_dir: Path, dst_dir: Path) -> dict:
-    """Make relative prompt paths of an included file relative to the including file's dir."""
+    """Make an included file's relative prompt paths (and ./ or ../ model.path) relative to the including file."""
     if src_dir == dst_dir:
         return data
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str) and model["path"].startswith(("./", "../")):
+        rel = os.path.relpath(src_dir / model["path"], dst_dir)
+        model["path"] = rel if rel.startswith("..") else f"./{rel}"
     for section in ("calibration", "eval"):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get("prompts"), str):

@@ -14,6 +14,8 @@ from ertacli.backbones.text import PipelineTextEncoder, PromptEncoder
 from ertacli.errors import UserError
 
 SCHEDULER_CHOICES = (None, "flow-euler")
+TEXT_ENCODERS = ("pipeline", "hash", "minilm")
+_STYLES = {"FluxPipeline": "flux", "WanPipeline": "wan"}  # prompt_embeds conventions of the offline encoders
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -77,25 +79,74 @@ def _load_tiny(recipe, backbone: Backbone) -> tuple[Any, PromptEncoder]:
     return _import_builder(backbone.tiny_builder)(recipe)
 
 
-def _load_pretrained(recipe, dtype: Any) -> tuple[Any, PromptEncoder]:
+def model_path(recipe) -> str:
+    """model.path with ~ expanded; a ./ or ../ path is taken from the recipe's folder (else the working dir)."""
+    raw = os.path.expanduser(str(recipe.model.path))
+    base = getattr(recipe, "base_dir", None)
+    if base is not None and (raw in (".", "..") or raw.startswith(("./", "../"))):
+        beside = os.path.normpath(os.path.join(str(base), raw))
+        if os.path.exists(beside) or not os.path.exists(raw):
+            return beside
+    return raw
+
+
+def text_encoder_choice(recipe) -> str:
+    """recipe.model.text_encoder (pipeline | hash | minilm), "pipeline" when the recipe has no such field."""
+    choice = getattr(recipe.model, "text_encoder", None) or "pipeline"
+    if choice not in TEXT_ENCODERS:
+        raise UserError(f"model.text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {choice!r}")
+    return choice
+
+
+def _no_text_kwargs(cls: Any) -> dict[str, None]:
+    """text_encoder*/tokenizer* = None for every such component of a pipeline class (skips loading them)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: None for k in params if k.startswith(("text_encoder", "tokenizer"))}
+
+
+def offline_encoder(pipe: Any, backbone: Backbone, choice: str, seed: int) -> PromptEncoder:
+    """A hash or MiniLM prompt encoder sized to a pipeline's transformer (Flux- and Wan-style pipelines)."""
+    from ertacli.backbones.minilm import MiniLMTextEncoder, check_text_dim
+    from ertacli.backbones.text import HashTextEncoder
+
+    style = _STYLES.get(backbone.pipeline)
+    if style is None:
+        raise UserError(f"model.text_encoder={choice} supports {', '.join(_STYLES)}, not {backbone.pipeline}")
+    cfg = pipe.transformer.config
+    dims = (cfg.joint_attention_dim, cfg.pooled_projection_dim) if style == "flux" else (cfg.text_dim, cfg.text_dim)
+    if choice == "hash":
+        return HashTextEncoder(dims[0], dims[1], 16, seed, style=style)
+    for dim, name in zip(dims, ("the transformer's text width", "its pooled width")):
+        check_text_dim(dim, name)
+    return MiniLMTextEncoder(style)
+
+
+def _load_pretrained(recipe, backbone: Backbone, dtype: Any) -> tuple[Any, PromptEncoder]:
     """DiffusionPipeline-style from_pretrained of the recipe's pipeline class, with a helpful error."""
     import diffusers
 
     path = recipe.model.path
     if not path:
         raise UserError("model.path is required when model.source=pretrained (a hub id or a local directory)")
-    local = str(path).startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(str(path)))
-    if local and not os.path.isdir(os.path.expanduser(str(path))):
+    path = model_path(recipe)
+    local = path.startswith(("/", ".", "~")) or os.path.exists(path)
+    if local and not os.path.isdir(path):
         raise UserError(f"model.path {path!r} is not a directory; point it at a downloaded pipeline folder")
     cls = getattr(diffusers, recipe.model.pipeline, None) or diffusers.DiffusionPipeline
+    choice = text_encoder_choice(recipe)
+    extra = {} if choice == "pipeline" else _no_text_kwargs(cls)
     try:
-        pipe = cls.from_pretrained(os.path.expanduser(str(path)) if local else path, dtype=dtype)
+        pipe = cls.from_pretrained(path, dtype=dtype, **extra)
     except Exception as exc:  # noqa: BLE001 - any failure here is a user-facing setup problem
         hint = "" if local else (
             f" (download it with `huggingface-cli download {path}` on a machine with internet, "
             f"then --set model.path=<dir>)"
         )
         raise UserError(f"could not load {path}: {type(exc).__name__}: {exc}{hint}") from None
+    if choice != "pipeline":
+        return pipe, offline_encoder(pipe, backbone, choice, recipe.model.seed)
+    if all(getattr(pipe, k, None) is None for k in _no_text_kwargs(type(pipe)) if k.startswith("text_encoder")):
+        raise UserError(f"{path} has no text encoder; set model.text_encoder=minilm (or hash) in the recipe")
     return pipe, PipelineTextEncoder(getattr(recipe.sampling, "max_sequence_length", None))
 
 
@@ -123,7 +174,7 @@ def load_pipeline(recipe, device: str) -> Loaded:
     if recipe.model.source == "tiny":
         pipe, encoder = _load_tiny(recipe, backbone)
     elif recipe.model.source == "pretrained":
-        pipe, encoder = _load_pretrained(recipe, dtype)
+        pipe, encoder = _load_pretrained(recipe, backbone, dtype)
     else:
         raise UserError(f"model.source must be 'tiny' or 'pretrained', got {recipe.model.source!r}")
     apply_scheduler(pipe, recipe.model.scheduler)

@@ -24,6 +24,21 @@ def words(prompt: str) -> list[str]:
     return _WORD.findall(prompt.lower())
 
 
+def style_kwargs(embed: Any, style: str, prompts: Sequence[str], negative_prompt: str | None) -> dict[str, Any]:
+    """Pipeline kwargs from embed(prompts) -> (tokens, pooled): Flux adds pooled (+ negatives), Wan negatives."""
+    tokens, pooled = embed(list(prompts))
+    out: dict[str, Any] = {"prompt_embeds": tokens}
+    if style == "flux":
+        out["pooled_prompt_embeds"] = pooled
+        if negative_prompt:
+            neg_tokens, neg_pooled = embed([negative_prompt] * len(prompts))
+            out["negative_prompt_embeds"] = neg_tokens
+            out["negative_pooled_prompt_embeds"] = neg_pooled
+    else:
+        out["negative_prompt_embeds"] = embed([negative_prompt or ""] * len(prompts))[0]
+    return out
+
+
 class HashTextEncoder:
     """Deterministic offline text encoder: each word hashes (crc32) to a fixed random vector."""
 
@@ -63,17 +78,7 @@ class HashTextEncoder:
 
     def pipeline_kwargs(self, prompts: Sequence[str], negative_prompt: str | None) -> dict[str, Any]:
         """Flux: prompt_embeds + pooled (+ negatives if a negative prompt is given); Wan: prompt + negative embeds."""
-        tokens, pooled = self.embed(list(prompts))
-        out: dict[str, Any] = {"prompt_embeds": tokens}
-        if self.style == "flux":
-            out["pooled_prompt_embeds"] = pooled
-            if negative_prompt:
-                neg_tokens, neg_pooled = self.embed([negative_prompt] * len(prompts))
-                out["negative_prompt_embeds"] = neg_tokens
-                out["negative_pooled_prompt_embeds"] = neg_pooled
-        else:
-            out["negative_prompt_embeds"] = self.embed([negative_prompt or ""] * len(prompts))[0]
-        return out
+        return style_kwargs(self.embed, self.style, prompts, negative_prompt)
 
     encode = pipeline_kwargs
 

@@ -99,22 +99,43 @@ def _cast(pipe: Any, name: str) -> None:
         dlogging.set_verbosity(level)
 
 
-def _text_encoder(recipe, text: dict[str, Any], dim: int, pooled_dim: int, style: str) -> HashTextEncoder:
-    """The offline hash encoder, sized for the transformer's text inputs."""
+def _minilm(recipe) -> bool:
+    """True when the recipe asks for the MiniLM text encoder (model.text_encoder=minilm)."""
+    return (getattr(recipe.model, "text_encoder", None) or "pipeline") == "minilm"
+
+
+def _text_dims(recipe, overrides: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Transformer overrides with the text widths set to MiniLM's 384 when it is the encoder (unless overridden)."""
+    if not _minilm(recipe):
+        return overrides
+    from ertacli.backbones.minilm import DIM
+
+    return {**{k: DIM for k in keys}, **overrides}
+
+
+def _text_encoder(recipe, text: dict[str, Any], dim: int, pooled_dim: int, style: str) -> Any:
+    """The offline hash encoder sized for the transformer's text inputs, or MiniLM when the recipe asks for it."""
+    if _minilm(recipe):
+        from ertacli.backbones.minilm import MiniLMTextEncoder, check_text_dim
+
+        check_text_dim(dim, "the transformer's text width")
+        check_text_dim(pooled_dim, "its pooled width")
+        return MiniLMTextEncoder(style, int(text.get("max_tokens", TEXT["max_tokens"])))
     cfg = {**TEXT, **text}
     return HashTextEncoder(
         dim, pooled_dim, int(cfg["max_tokens"]), recipe.model.seed, buckets=int(cfg["buckets"]), style=style
     )
 
 
-def build_tiny_flux(recipe) -> tuple[Any, HashTextEncoder]:
+def build_tiny_flux(recipe) -> tuple[Any, Any]:
     """A FluxPipeline with a 2+2-layer random FluxTransformer2DModel and a 1-level AutoencoderKL."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     ov = split_overrides(recipe.model.tiny)
     torch.manual_seed(recipe.model.seed)
-    transformer = _make(FluxTransformer2DModel, FLUX_TRANSFORMER, ov["transformer"], "transformer").eval()
+    tov = _text_dims(recipe, ov["transformer"], ("joint_attention_dim", "pooled_projection_dim"))
+    transformer = _make(FluxTransformer2DModel, FLUX_TRANSFORMER, tov, "transformer").eval()
     vae = _make(AutoencoderKL, FLUX_VAE, ov["vae"], "vae").eval()
     scheduler = _make(FlowMatchEulerDiscreteScheduler, FLUX_SCHEDULER, ov["scheduler"], "scheduler")
     pipe = FluxPipeline(
@@ -132,14 +153,15 @@ def build_tiny_flux(recipe) -> tuple[Any, HashTextEncoder]:
     return pipe, encoder
 
 
-def build_tiny_wan(recipe) -> tuple[Any, HashTextEncoder]:
+def build_tiny_wan(recipe) -> tuple[Any, Any]:
     """A WanPipeline with a 2-layer random WanTransformer3DModel and a tiny AutoencoderKLWan."""
     import torch
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     ov = split_overrides(recipe.model.tiny)
     torch.manual_seed(recipe.model.seed)
-    transformer = _make(WanTransformer3DModel, WAN_TRANSFORMER, ov["transformer"], "transformer").eval()
+    tov = _text_dims(recipe, ov["transformer"], ("text_dim",))
+    transformer = _make(WanTransformer3DModel, WAN_TRANSFORMER, tov, "transformer").eval()
     vae = _make(AutoencoderKLWan, WAN_VAE, ov["vae"], "vae").eval()
     scheduler = _make(FlowMatchEulerDiscreteScheduler, WAN_SCHEDULER, ov["scheduler"], "scheduler")
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)

@@ -22,23 +22,27 @@ def uniform_plan(plan: Plan) -> Plan:
 
 def _row(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, label: str, plan: Plan) -> dict:
     """Generate with a plan and compare it with the baseline: one table row."""
-    from .evaluate import compare
+    from .evaluate import compare, paired_timing
     from .generate import run_generate
 
     metrics = list(job.recipe.eval.metrics)
     _, s = compare(job, run_generate(job, samples, str(plan_dir)), base_dir, metrics)
+    s.update(paired_timing(job, samples, str(plan_dir)))
     return {"row": label, "lambda": plan.lam, "cached_steps": plan.n_cached, "nfe": s["nfe"],
             "baseline_nfe": s["baseline_nfe"], "ideal_speedup": s["ideal_speedup"], "speedup": s["speedup"],
             **{m: s[m] for m in metrics}, "plan": str(plan_dir)}
 
 
-def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, workdir: Path) -> list[dict]:
+def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list[dict]:
     """Paper Table 3 at one NFE: uniform cache, offline policy, + timestep adjustment, + error rectification."""
     from ..plan import find_plan_dir, load_plan
     from .fit import run_fit
 
     plan, _ = load_plan(plan_dir)
-    uni_dir = uniform_plan(plan).save(workdir / "uniform")
+    with job.rundir("uniform") as run:
+        job.start(run, "uniform", plan.calibration["seeds"])
+        uniform_plan(plan).save(run.subdir("plan"))
+    uni_dir = run.final_path / "plan"
     rows = [_row(job, samples, base_dir, uni_dir, "uniform cache", load_plan(uni_dir)[0]),
             _row(job, samples, base_dir, plan_dir, "offline policy", plan)]
     for label, rect in (("+ timestep adjustment", "off"), ("+ error rectification", "on")):
@@ -76,7 +80,7 @@ def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True):
         job.start(run, "demo", samples.seeds)
         if with_ablation:
             mid = summary["plan"][len(summary["plan"]) // 2]
-            abl = ablation(job, samples, base_dir, search_dir / mid, run.subdir("ablation_plans"))
+            abl = ablation(job, samples, base_dir, search_dir / mid)
             save_table(pd.DataFrame(abl), run.path, "ablation")
         save_table(pd.DataFrame(rows), run.path, "demo")
         run.write_json("demo.json", {"profile": str(profile_dir), "search": str(search_dir),

@@ -21,6 +21,27 @@ def baseline_for(job: Job, samples: Samples) -> Path:
     return found if found is not None else run_generate(job, samples, None)
 
 
+def paired_timing(job: Job, samples: Samples, plan_path: str) -> dict:
+    """Baseline and cached calls alternated (A B, then B A, ...) after a warm-up round; medians and their ratio."""
+    import statistics
+
+    from ..engine import Session
+    from .generate import plan_controller
+
+    sub = samples.subset(list(range(min(len(samples), job.recipe.eval.timing_samples))))
+    ctls = {"baseline": plan_controller(job, None)[0], "cached": plan_controller(job, plan_path)[0]}
+    times: dict[str, list[float]] = {"baseline": [], "cached": []}
+    for r in range(job.recipe.eval.timing_rounds + 1):
+        for name in (("baseline", "cached") if r % 2 == 0 else ("cached", "baseline")):
+            with Session(job.loaded, ctls[name]) as session:
+                secs = [session.run_batch(job.recipe, [p], [s]).seconds for p, s in zip(sub.prompts, sub.seeds)]
+            if r > 0:
+                times[name] += secs
+    base, cached = statistics.median(times["baseline"]), statistics.median(times["cached"])
+    return {"timing_baseline_seconds": base, "timing_seconds": cached, "speedup": base / cached,
+            "timing_calls": len(times["cached"])}
+
+
 def _read_generate(path: Path, job: Job) -> tuple[dict, list[dict]]:
     import pandas as pd
 
@@ -47,7 +68,7 @@ def compare(job: Job, cached_dir: Path, base_dir: Path, metric_names: list[str])
     per = pd.DataFrame([{"index": r["index"], "prompt": r["prompt"], "seed": r["seed"], "nfe": r["nfe"],
                          "baseline_nfe": b["nfe"], "seconds": r["seconds"], "baseline_seconds": b["seconds"], **s}
                         for r, b, s in zip(rows, base_rows, scores)])
-    t_c, t_b = float(per["seconds"].mean()), float(per["baseline_seconds"].mean())
+    t_c, t_b = float(per["seconds"].median()), float(per["baseline_seconds"].median())
     summary = {"run": str(cached_dir), "baseline": str(base_dir), "plan": info.get("plan"),
                "samples": len(per), "nfe": float(per["nfe"].mean()), "baseline_nfe": float(per["baseline_nfe"].mean()),
                "seconds": t_c, "baseline_seconds": t_b, "speedup": t_b / t_c if t_c > 0 else None,
@@ -76,6 +97,9 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
     base_dir = baseline_for(job, samples)
     cached_dir = Path(run_path) if run_path else run_generate(job, samples, plan_path)
     per, summary = compare(job, cached_dir, base_dir, names)
+    if plan_path is not None:
+        summary["speedup_runs"] = summary["speedup"]
+        summary.update(paired_timing(job, samples, plan_path))
     with job.rundir("eval") as run:
         job.start(run, "eval", samples.seeds)
         save_table(per, run.path, "per_sample")
