@@ -27,10 +27,10 @@ def _load(name: str, steps: int = STEPS):
 @pytest.fixture(scope="session")
 def tiny_flux():
     """(Loaded, Recipe) for tiny-flux at STEPS sampling steps."""
-    return _load("tiny-flux")
+    return _load("tiny-flux-random")
 
 
 @pytest.fixture(scope="session")
 def tiny_wan():
     """(Loaded, Recipe) for tiny-wan (branches cond/uncond) at STEPS sampling steps."""
-    return _load("tiny-wan")
+    return _load("tiny-wan-random")

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from ertacli.cli import main
 
-FAST = ["--set", "model.source=tiny", "--set", "sampling.steps=8", "--set", "eval.warmup=0", "-q"]
+FAST = ["--set", "sampling.steps=8", "--set", "eval.warmup=0",
+        "--set", "eval.timing_rounds=1", "--set", "eval.timing_samples=1", "-q"]
 
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -46,12 +47,12 @@ def test_help_does_not_import_torch():
 
 
 @pytest.mark.parametrize("args, expect", [
-    (["search", "-m", "tiny-flux", "--lambda", "-0.1"], "--lambda must be >= 0"),
+    (["search", "-m", "tiny-flux-random", "--lambda", "-0.1"], "--lambda must be >= 0"),
     (["search", "-m", "tiny-flx"], "did you mean tiny-flux"),
-    (["generate", "-m", "tiny-flux", "--prompts", "missing.txt"], "prompt file not found: missing.txt"),
-    (["profile", "-m", "tiny-flux", "--set", "sampling.steps=abc"], "field 'sampling.steps'"),
+    (["generate", "-m", "tiny-flux-random", "--prompts", "missing.txt"], "prompt file not found: missing.txt"),
+    (["profile", "-m", "tiny-flux-random", "--set", "sampling.steps=abc"], "field 'sampling.steps'"),
     (["validate", "bad.yaml"], "bad.yaml: invalid YAML at line"),
-    (["search", "-m", "tiny-flux", "--lambda", "x"], "--lambda: 'x' is not a number"),
+    (["search", "-m", "tiny-flux-random", "--lambda", "x"], "--lambda: 'x' is not a number"),
 ])
 def test_bad_input_is_one_line_exit_2_no_run_dir(results, monkeypatch, capsys, tmp_path, args, expect):
     (tmp_path / "bad.yaml").write_text("name: x\nmodel: [\n")
@@ -67,7 +68,7 @@ def unknown_recipe(tmp_path):
     from ertacli.recipe import find_recipe
 
     p = tmp_path / "unknown.yaml"
-    p.write_text(f"name: x\ninclude: {find_recipe('tiny-flux')}\nbogus: 1\n")
+    p.write_text(f"name: x\ninclude: {find_recipe('tiny-flux-random')}\nbogus: 1\n")
     return p
 
 
@@ -77,10 +78,10 @@ def test_unknown_key_names_field(results, monkeypatch, capsys, unknown_recipe):
 
 
 def test_search_tiny_wan_two_plans_per_branch(results, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "search", "-m", "tiny-wan", "--lambda", "0.05", "--lambda", "0.2",
+    code, out, err = cli(monkeypatch, capsys, "search", "-m", "tiny-wan-random", "--lambda", "0.05", "--lambda", "0.2",
                          *FAST)
     assert code == 0, err
-    (run,) = runs(results, "tiny-wan", "search")
+    (run,) = runs(results, "tiny-wan-random", "search")
     plans = sorted(run.glob("plans/*/plan.json"))
     assert [p.parent.name for p in plans] == ["lambda-0.05", "lambda-0.2"]
     summary = (run / "summary.csv").read_text().splitlines()
@@ -93,10 +94,10 @@ def test_search_tiny_wan_two_plans_per_branch(results, monkeypatch, capsys):
     assert sum(len(s) for s in big["cached_steps"].values()) >= sum(
         len(s) for s in json.loads(plans[0].read_text())["cached_steps"].values())
     assert (run / "recipe.yaml").is_file() and (run / "env.json").is_file() and (run / "command.txt").is_file()
-    assert runs(results, "tiny-wan", "profile"), "search runs a profile first when none exists"
+    assert runs(results, "tiny-wan-random", "profile"), "search runs a profile first when none exists"
 
 
-def _search_one(results, monkeypatch, capsys, lam: str, recipe="tiny-flux") -> Path:
+def _search_one(results, monkeypatch, capsys, lam: str, recipe="tiny-flux-random") -> Path:
     code, _, err = cli(monkeypatch, capsys, "search", "-m", recipe, "--lambda", lam, *FAST)
     assert code == 0, err
     return sorted(runs(results, recipe, "search")[-1].glob("plans/*"))[0]
@@ -110,9 +111,9 @@ def test_lambda_zero_plan_equals_baseline(results, monkeypatch, capsys):
     plan = _search_one(results, monkeypatch, capsys, "0")
     assert json.loads((plan / "plan.json").read_text())["cached_steps"] == {"cond": []}
     args = ["--prompt", "a handwritten seven", "--seed", "3", *FAST]
-    assert cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", *args)[0] == 0
-    assert cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", "--plan", str(plan), *args)[0] == 0
-    base, cached = runs(results, "tiny-flux", "generate")
+    assert cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", *args)[0] == 0
+    assert cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan), *args)[0] == 0
+    base, cached = runs(results, "tiny-flux-random", "generate")
     a, b = _latents(base), _latents(cached)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -126,14 +127,14 @@ def test_fit_plan_round_trip_replays_fit_trajectory(results, monkeypatch, capsys
 
     plan_dir = _search_one(results, monkeypatch, capsys, "0.5")
     sets = [*FAST, "--set", f"fit.granularity={granularity}"]
-    code, out, err = cli(monkeypatch, capsys, "fit", "-m", "tiny-flux", "--plan", str(plan_dir),
+    code, out, err = cli(monkeypatch, capsys, "fit", "-m", "tiny-flux-random", "--plan", str(plan_dir),
                          "--adjust", "on", "--rectify", "on", *sets)
     assert code == 0, err
-    (fit_run,) = runs(results, "tiny-flux", "fit")
+    (fit_run,) = runs(results, "tiny-flux-random", "fit")
     plan, folder = load_plan(fit_run)
     assert plan.rectify["granularity"] == granularity and (folder / "rectify.safetensors").is_file()
     assert plan.adjusted_sigmas[0] == plan.base_sigmas[0] and plan.adjusted_sigmas[-1] == 0.0
-    job = Job.make("tiny-flux", [s for s in sets if s.startswith(("model", "sampling", "eval", "fit"))], "cpu")
+    job = Job.make("tiny-flux-random", [s for s in sets if s.startswith(("model", "sampling", "eval", "fit"))], "cpu")
     fit_set = Samples(plan.fit["fit_samples"]["prompts"], plan.fit["fit_samples"]["seeds"])
     ctl = apply_controller(job, plan, plan_coeffs(plan, folder), plan.adjusted_sigmas)
     with Session(job.loaded, ctl) as session:
@@ -143,37 +144,37 @@ def test_fit_plan_round_trip_replays_fit_trajectory(results, monkeypatch, capsys
 
 def test_plan_refused_for_other_steps_and_recipe(results, monkeypatch, capsys):
     plan = _search_one(results, monkeypatch, capsys, "0.5")
-    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", "--plan", str(plan),
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan),
                        *FAST, "--set", "sampling.steps=6")
     assert code == 2 and "has 8 steps, this run uses 6" in err and "re-run" in err
-    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-wan", "--plan", str(plan), *FAST)
-    assert code == 2 and "re-run `ertacache search --model tiny-wan`" in err
-    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux", "--plan", str(plan), *FAST,
-                       "--set", "sampling.height=16")
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-wan-random", "--plan", str(plan), *FAST)
+    assert code == 2 and "re-run `ertacache search --model tiny-wan-random`" in err
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan), *FAST,
+                       "--set", "sampling.height=24")
     assert code == 2 and "re-run" in err
 
 
 def test_eval_and_reproduce_exact(results, monkeypatch, capsys):
     plan = _search_one(results, monkeypatch, capsys, "0.5")
-    code, _, err = cli(monkeypatch, capsys, "eval", "-m", "tiny-flux", "--plan", str(plan), "--prompt", "a seven",
+    code, _, err = cli(monkeypatch, capsys, "eval", "-m", "tiny-flux-random", "--plan", str(plan), "--prompt", "a seven",
                        "--prompt", "a two", *FAST)
     assert code == 0, err
-    (ev,) = runs(results, "tiny-flux", "eval")
+    (ev,) = runs(results, "tiny-flux-random", "eval")
     summary = json.loads((ev / "eval.json").read_text())
     n_cached = sum(len(s) for s in json.loads((plan / "plan.json").read_text())["cached_steps"].values())
     assert summary["nfe"] == 8 - n_cached and summary["baseline_nfe"] == 8
     assert summary["samples"] == 2 and summary["psnr"] > 10 and 0 < summary["ssim"] <= 1
-    cached = [g for g in runs(results, "tiny-flux", "generate")
-              if json.loads((g / "generate.json").read_text())["plan"]][0]
+    cached = [g for g in runs(results, "tiny-flux-random", "generate")
+              if json.loads((g / "generate.json").read_text())["kind"] == "ertacache"][0]
     code, out, err = cli(monkeypatch, capsys, "reproduce", str(cached))
     assert code == 0, err + out
     assert "exact match" in out
 
 
 def test_demo_table_and_ablation(results, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "demo", "-m", "tiny-flux", "--lambda", "0.3,0.8", *FAST)
+    code, out, err = cli(monkeypatch, capsys, "demo", "-m", "tiny-flux-random", "--lambda", "0.3,0.8", *FAST)
     assert code == 0, err
-    (demo,) = runs(results, "tiny-flux", "demo")
+    (demo,) = runs(results, "tiny-flux-random", "demo")
     import pandas as pd
 
     table = pd.read_csv(demo / "demo.csv")
@@ -183,4 +184,4 @@ def test_demo_table_and_ablation(results, monkeypatch, capsys):
     abl = pd.read_csv(demo / "ablation.csv")
     assert list(abl["row"]) == ["uniform cache", "offline policy", "+ timestep adjustment", "+ error rectification"]
     assert abl["cached_steps"].nunique() == 1 and abl["nfe"].nunique() == 1
-    assert "ERTACache on tiny-flux" in out and "run directory" in out
+    assert "ERTACache on tiny-flux-random" in out and "run directory" in out

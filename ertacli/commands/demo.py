@@ -24,10 +24,11 @@ def _row(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, label: str,
     """Generate with a plan and compare it with the baseline: one table row."""
     from .evaluate import compare, paired_timing
     from .generate import run_generate
+    from .methods import PlanMethod
 
     metrics = list(job.recipe.eval.metrics)
     _, s = compare(job, run_generate(job, samples, str(plan_dir)), base_dir, metrics)
-    s.update(paired_timing(job, samples, str(plan_dir)))
+    s.update(paired_timing(job, samples, PlanMethod(job, str(plan_dir))))
     return {"row": label, "lambda": plan.lam, "cached_steps": plan.n_cached, "nfe": s["nfe"],
             "baseline_nfe": s["baseline_nfe"], "ideal_speedup": s["ideal_speedup"], "speedup": s["speedup"],
             **{m: s[m] for m in metrics}, "plan": str(plan_dir)}

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import UserError
 from .common import Job, Samples, find_run, read_json
 from .generate import GENERATE_FILE, load_outputs, run_generate
+from .methods import PlanMethod
 
 
 def baseline_for(job: Job, samples: Samples) -> Path:
@@ -14,27 +15,26 @@ def baseline_for(job: Job, samples: Samples) -> Path:
     digest = samples.digest()
 
     def match(d: dict) -> bool:
-        return (d.get("plan") is None and d.get("recipe_key") == job.key and d.get("device") == job.device
+        return (d.get("kind") == "baseline" and d.get("recipe_key") == job.key and d.get("device") == job.device
                 and d.get("dtype") == job.recipe.model.dtype and d.get("samples", {}).get("digest") == digest)
 
     found = find_run(job.recipe.name, "generate", GENERATE_FILE, match)
     return found if found is not None else run_generate(job, samples, None)
 
 
-def paired_timing(job: Job, samples: Samples, plan_path: str) -> dict:
+def paired_timing(job: Job, samples: Samples, method, baseline=None) -> dict:
     """Baseline and cached calls alternated (A B, then B A, ...) after a warm-up round; medians and their ratio."""
     import statistics
 
-    from ..engine import Session
-    from .generate import plan_controller
+    from .methods import PlanMethod
 
     sub = samples.subset(list(range(min(len(samples), job.recipe.eval.timing_samples))))
-    ctls = {"baseline": plan_controller(job, None)[0], "cached": plan_controller(job, plan_path)[0]}
+    methods = {"baseline": baseline or PlanMethod(job, None), "cached": method}
     times: dict[str, list[float]] = {"baseline": [], "cached": []}
     for r in range(job.recipe.eval.timing_rounds + 1):
         for name in (("baseline", "cached") if r % 2 == 0 else ("cached", "baseline")):
-            with Session(job.loaded, ctls[name]) as session:
-                secs = [session.run_batch(job.recipe, [p], [s]).seconds for p, s in zip(sub.prompts, sub.seeds)]
+            with methods[name] as m:
+                secs = [m.run(p, s)[0].seconds for p, s in zip(sub.prompts, sub.seeds)]
             if r > 0:
                 times[name] += secs
     base, cached = statistics.median(times["baseline"]), statistics.median(times["cached"])
@@ -99,7 +99,7 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
     per, summary = compare(job, cached_dir, base_dir, names)
     if plan_path is not None:
         summary["speedup_runs"] = summary["speedup"]
-        summary.update(paired_timing(job, samples, plan_path))
+        summary.update(paired_timing(job, samples, PlanMethod(job, plan_path)))
     with job.rundir("eval") as run:
         job.start(run, "eval", samples.seeds)
         save_table(per, run.path, "per_sample")

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..plan import check_plan, check_sample_shape, load_plan, plan_coeffs
 from .common import Job, Samples, progress_bar, save_tensors
 
 GENERATE_FILE = "generate.json"
-
-
-def plan_controller(job: Job, plan_path: str | None):
-    """(controller, plan, plan folder): an ApplyController for a plan, or a pass-through one for the baseline."""
-    from ..engine import ApplyController
-    from .fit import apply_controller
-
-    if plan_path is None:
-        return ApplyController(job.recipe.sampling.steps, {}, residual=job.recipe.cache.residual), None, None
-    plan, folder = load_plan(plan_path)
-    check_plan(plan, job.recipe, folder)
-    return apply_controller(job, plan, plan_coeffs(plan, folder), plan.adjusted_sigmas), plan, folder
 
 
 def _save_media(run, i: int, media, video: bool) -> str:
@@ -38,35 +25,32 @@ def _save_media(run, i: int, media, video: bool) -> str:
     return name
 
 
-def generate_samples(job: Job, samples: Samples, plan_path: str | None, label: str = "generate"):
-    """Run samples one at a time after untimed warm-up calls; returns (rows, results, plan, folder)."""
-    from ..engine import Session
-
-    ctl, plan, folder = plan_controller(job, plan_path)
+def generate_samples(job: Job, samples: Samples, method, label: str = "generate"):
+    """Run samples one at a time, after untimed warm-up calls; returns table rows and results."""
     rows, results = [], []
-    with Session(job.loaded, ctl) as session, progress_bar(job.quiet) as bar:
+    with method, progress_bar(job.quiet) as bar:
         for _ in range(job.recipe.eval.warmup):
-            session.run_batch(job.recipe, samples.prompts[:1], samples.seeds[:1])
+            method.run(samples.prompts[0], samples.seeds[0])
         task = bar.add_task(label, total=len(samples))
         for i, (prompt, seed) in enumerate(zip(samples.prompts, samples.seeds)):
-            out = session.run_batch(job.recipe, [prompt], [seed])
-            if plan is not None:
-                for b, shape in ctl.shapes.items():
-                    check_sample_shape(plan, b, shape, folder)
-            rows.append({"index": i, "prompt": prompt, "seed": seed, "nfe": sum(ctl.nfe.values()),
-                         "cached_calls": sum(ctl.n_cached.values()), "seconds": out.seconds})
+            out, nfe, cached = method.run(prompt, seed)
+            rows.append({"index": i, "prompt": prompt, "seed": seed, "nfe": nfe, "cached_calls": cached,
+                         "seconds": out.seconds})
             results.append(out)
             bar.advance(task)
-    return rows, results, plan, folder
+    return rows, results
 
 
-def run_generate(job: Job, samples: Samples, plan_path: str | None = None) -> Path:
-    """Write a generate run directory; returns its path."""
+def run_generate(job: Job, samples: Samples, plan_path: str | None = None, method=None) -> Path:
+    """Write a generate run directory (with a plan, uncached, or with `method`); returns its path."""
     import pandas as pd
+
     from ..media import save_grid
     from ..tables import save_table
+    from .methods import PlanMethod
 
-    rows, results, plan, folder = generate_samples(job, samples, plan_path)
+    method = method or PlanMethod(job, plan_path)
+    rows, results = generate_samples(job, samples, method)
     video = job.loaded.backbone.media == "video"
     with job.rundir("generate") as run:
         job.start(run, "generate", samples.seeds)
@@ -78,8 +62,7 @@ def run_generate(job: Job, samples: Samples, plan_path: str | None = None) -> Pa
             save_grid([out.media[0] for out in results], run.file("grid.png"), nrow=min(len(results), 8))
         save_table(pd.DataFrame(rows), run.path, "samples")
         run.write_json(GENERATE_FILE, {
-            "recipe_key": job.key, "plan": str(folder) if folder else None,
-            "plan_nfe": plan.nfe if plan else None, "samples": samples.to_json(), "device": job.device,
+            "recipe_key": job.key, **method.info, "samples": samples.to_json(), "device": job.device,
             "dtype": job.recipe.model.dtype, "media": "video" if video else "image",
         })
     return run.final_path
