@@ -159,13 +159,44 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
              prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Prompt (repeatable)."),
              prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file, one per line."),
              seed: Optional[List[int]] = typer.Option(None, "--seed", help="Seed (repeatable)."),
+             compare: bool = typer.Option(False, "--compare", help="Also run diffusers' built-in caches at this NFE."),
+             min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Quality gate: fail if mean PSNR is lower."),
+             max_lpips: Optional[float] = typer.Option(None, "--max-lpips", help="Quality gate: fail if mean LPIPS is higher."),
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
-    """Quality (PSNR, SSIM, ...) and measured speedup against the uncached baseline."""
-    from .commands.evaluate import run_eval
+    """Quality (PSNR, SSIM, ...) and measured speedup against the uncached baseline; optional quality gate."""
+    from .commands.evaluate import quality_gate, run_eval
 
     job = _job(model, sets, device, quiet)
-    path, summary = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run)
-    _show([{"quantity": k, "value": v} for k, v in summary.items()], "eval: cached vs uncached baseline", path)
+    path, summary, peers = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run, with_peers=compare)
+    _show([{"quantity": k, "value": v} for k, v in summary.items()], "eval: cached vs uncached baseline")
+    if peers:
+        _show([{k: v for k, v in r.items() if k != "run"} for r in peers], "peers at the plan's NFE")
+    console.print(f"[bold]run directory:[/bold] {path}")
+    failures = quality_gate(path, summary, min_psnr, max_lpips)
+    if failures:
+        err_console.print(f"[bold red]quality gate failed:[/bold red] {failures[0]}")
+        for line in failures[1:]:
+            err_console.print(f"  {line}")
+        raise typer.Exit(1)
+
+
+@app.command("sweep")
+def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
+              compare: bool = typer.Option(False, "--compare", help="Peers and a uniform cache at each plan's NFE."),
+              target_speedup: Optional[float] = typer.Option(None, "--target-speedup", help="Pick the lambda reaching X on calibration."),
+              min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Pick the fastest lambda with PSNR >= Y on calibration."),
+              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+    """A lambda grid through search -> fit -> generate -> eval: table, Pareto plot, error profile."""
+    from .commands.sweep import run_sweep
+
+    job = _job(model, sets, device, quiet)
+    path, df, picked = run_sweep(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), compare,
+                                 target_speedup, min_psnr)
+    cols = ["method", "lambda", "setting", "nfe", "ideal_speedup", "speedup", *job.recipe.eval.metrics, "note"]
+    _show(df[[c for c in cols if c in df.columns]], f"sweep on {job.recipe.name} (full table: sweep.csv)")
+    if picked:
+        console.print(f"[bold]chosen lambda:[/bold] {picked['lambda']} ({picked['reason']})")
+    console.print(f"[bold]run directory:[/bold] {path}  (sweep.csv, pareto.png, error_profile.png)")
 
 
 @app.command("reproduce")
@@ -197,7 +228,7 @@ def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(
 def main() -> None:
     """Console entry point: user errors print one line and exit 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -213,6 +244,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

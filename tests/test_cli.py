@@ -185,3 +185,34 @@ def test_demo_table_and_ablation(results, monkeypatch, capsys):
     assert list(abl["row"]) == ["uniform cache", "offline policy", "+ timestep adjustment", "+ error rectification"]
     assert abl["cached_steps"].nunique() == 1 and abl["nfe"].nunique() == 1
     assert "ERTACache on tiny-flux-random" in out and "run directory" in out
+
+
+def test_sweep_compare_writes_table_and_plots(results, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "sweep", "-m", "tiny-flux-random", "--lambda", "0.5", "--compare",
+                         "--min-psnr", "20", *FAST)
+    assert code == 0, err
+    (run,) = runs(results, "tiny-flux-random", "sweep")
+    import pandas as pd
+
+    df = pd.read_csv(run / "sweep.csv")
+    methods = list(df["method"])
+    assert methods[0] == "ertacache" and "uniform cache" in methods and "FirstBlockCache" in methods
+    ours = df[df["method"] == "ertacache"].iloc[0]
+    uni = df[df["method"] == "uniform cache"].iloc[0]
+    assert uni["nfe"] == ours["nfe"]
+    ran = df[df["nfe"].notna()]
+    assert ran[["speedup", "psnr", "ssim"]].notna().all().all()
+    for png in ("pareto.png", "error_profile.png"):
+        assert (run / png).stat().st_size > 10_000
+    choice = json.loads((run / "sweep.json").read_text())["choice"]
+    assert choice["lambda"] == 0.5 and "PSNR" in choice["reason"]
+
+
+def test_quality_gate_fails_and_lists_samples(results, monkeypatch, capsys):
+    plan = _search_one(results, monkeypatch, capsys, "0.8")
+    args = ["eval", "-m", "tiny-flux-random", "--plan", str(plan), "--prompt", "a seven", "--prompt", "a two", *FAST]
+    code, out, err = cli(monkeypatch, capsys, *args, "--min-psnr", "1000")
+    assert code == 1
+    assert "quality gate failed" in err and "sample 0" in err and "sample 1" in err
+    code, out, err = cli(monkeypatch, capsys, *args, "--min-psnr", "1")
+    assert code == 0, err

@@ -20,18 +20,21 @@ def uniform_plan(plan: Plan) -> Plan:
     return p
 
 
+def save_uniform(job: Job, plan: Plan) -> Path:
+    """Write the uniform counterpart of `plan` as its own run; returns the plan folder."""
+    with job.rundir("uniform") as run:
+        job.start(run, "uniform", plan.calibration["seeds"])
+        uniform_plan(plan).save(run.subdir("plan"))
+    return run.final_path / "plan"
+
+
 def _row(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, label: str, plan: Plan) -> dict:
-    """Generate with a plan and compare it with the baseline: one table row."""
-    from .evaluate import compare, paired_timing
-    from .generate import run_generate
+    """Generate with a plan, compare with the baseline and time it: one table row."""
+    from .compare import method_row
     from .methods import PlanMethod
 
-    metrics = list(job.recipe.eval.metrics)
-    _, s = compare(job, run_generate(job, samples, str(plan_dir)), base_dir, metrics)
-    s.update(paired_timing(job, samples, PlanMethod(job, str(plan_dir))))
-    return {"row": label, "lambda": plan.lam, "cached_steps": plan.n_cached, "nfe": s["nfe"],
-            "baseline_nfe": s["baseline_nfe"], "ideal_speedup": s["ideal_speedup"], "speedup": s["speedup"],
-            **{m: s[m] for m in metrics}, "plan": str(plan_dir)}
+    row = method_row(job, samples, base_dir, PlanMethod(job, str(plan_dir)), label, list(job.recipe.eval.metrics))
+    return {"row": row.pop("method"), "lambda": plan.lam, "cached_steps": plan.n_cached, **row, "plan": str(plan_dir)}
 
 
 def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list[dict]:
@@ -40,10 +43,7 @@ def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list
     from .fit import run_fit
 
     plan, _ = load_plan(plan_dir)
-    with job.rundir("uniform") as run:
-        job.start(run, "uniform", plan.calibration["seeds"])
-        uniform_plan(plan).save(run.subdir("plan"))
-    uni_dir = run.final_path / "plan"
+    uni_dir = save_uniform(job, plan)
     rows = [_row(job, samples, base_dir, uni_dir, "uniform cache", load_plan(uni_dir)[0]),
             _row(job, samples, base_dir, plan_dir, "offline policy", plan)]
     for label, rect in (("+ timestep adjustment", "off"), ("+ error rectification", "on")):
@@ -86,5 +86,5 @@ def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True):
         save_table(pd.DataFrame(rows), run.path, "demo")
         run.write_json("demo.json", {"profile": str(profile_dir), "search": str(search_dir),
                                      "baseline": str(base_dir), "rows": rows, "ablation": abl})
-    drop = lambda df: df.drop(columns=[c for c in ("plan",) if c in df.columns])
+    drop = lambda df: df.drop(columns=[c for c in ("plan", "run") if c in df.columns])
     return run.final_path, drop(pd.DataFrame(rows)), drop(pd.DataFrame(abl))

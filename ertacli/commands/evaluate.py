@@ -78,7 +78,7 @@ def compare(job: Job, cached_dir: Path, base_dir: Path, metric_names: list[str])
 
 
 def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path: str | None = None,
-             metrics: list[str] | None = None):
+             metrics: list[str] | None = None, with_peers: bool = False):
     """Generate (if given a plan) and compare against the baseline; returns (eval run dir, summary)."""
     import pandas as pd
 
@@ -100,9 +100,38 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
     if plan_path is not None:
         summary["speedup_runs"] = summary["speedup"]
         summary.update(paired_timing(job, samples, PlanMethod(job, plan_path)))
+    peers = []
+    if with_peers:
+        from ..plan import find_plan_dir
+        from .compare import peer_rows
+
+        plan_dir = find_plan_dir(plan_path or read_json(cached_dir / GENERATE_FILE)["plan"])
+        peers = peer_rows(job, samples, base_dir, plan_dir, names)
     with job.rundir("eval") as run:
         job.start(run, "eval", samples.seeds)
         save_table(per, run.path, "per_sample")
         save_table(pd.DataFrame([summary]), run.path, "summary")
-        run.write_json("eval.json", summary)
-    return run.final_path, summary
+        if peers:
+            save_table(pd.DataFrame(peers), run.path, "peers")
+        run.write_json("eval.json", {**summary, "peers": peers})
+    return run.final_path, summary, peers
+
+
+def quality_gate(run_dir: Path, summary: dict, min_psnr: float | None, max_lpips: float | None) -> list[str]:
+    """Why the plan falls short on the mean (empty when it passes), followed by the failing samples."""
+    import pandas as pd
+
+    per = pd.read_csv(run_dir / "per_sample.csv")
+    reasons, samples = [], []
+    for metric, bound, worse in (("psnr", min_psnr, lambda v, b: v < b), ("lpips", max_lpips, lambda v, b: v > b)):
+        if bound is None:
+            continue
+        values = pd.to_numeric(per[metric], errors="coerce") if metric in per else pd.Series(dtype=float)
+        if values.isna().all():
+            reasons.append(f"{metric} was not measured (add it to eval.metrics or provide its weights)")
+            continue
+        if worse(float(values.mean()), bound):
+            reasons.append(f"mean {metric} {values.mean():.4g} is past the bound {bound:g}")
+        samples += [f"sample {r['index']} (seed {r['seed']}, {r['prompt']!r}): {metric} {v:.4g}"
+                    for (_, r), v in zip(per.iterrows(), values) if worse(v, bound)]
+    return reasons + samples if reasons else []

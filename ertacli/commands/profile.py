@@ -13,8 +13,10 @@ PROFILE_FILE = "profile.json"
 def run_profile(job: Job, keep_tensors: bool = False) -> Path:
     """Run the calibration batch uncached, record per-step per-branch statistics and the baseline outputs."""
     import pandas as pd
+    import torch
 
     from ..engine import RecordController
+    from ..media import to_uint8
     from ..tables import save_table
 
     samples = job.calibration()
@@ -34,6 +36,7 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
             "seconds": out.seconds, "stats": stats,
         })
         save_tensors(run.file("baseline_latents.safetensors"), {"latents": out.latents})
+        save_tensors(run.file("baseline_media.safetensors"), {"media": torch.from_numpy(to_uint8(out.media))})
         if keep_tensors:
             save_tensors(run.file("residuals.safetensors"), rec.tensors)
         rows = [{"branch": b, "step": k, **{key: stats[b][key][k] for key in ("R", "dR_rel", "v", "dv")}}
