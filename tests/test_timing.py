@@ -1,0 +1,32 @@
+"""Timing fairness: on a model whose cost per full call is known (a sleep), measured speedup = NFE speedup."""
+
+from __future__ import annotations
+
+import time
+
+from ertacli.commands.common import Job, Samples
+from ertacli.commands.evaluate import paired_timing
+from ertacli.commands.methods import PlanMethod
+from ertacli.plan import Plan, model_id, recipe_key
+
+SLEEP = 0.1
+
+
+def test_paired_timing_matches_nfe_ratio(tmp_path):
+    job = Job.make("tiny-flux-random", ["sampling.steps=8", "eval.timing_rounds=2", "eval.timing_samples=1"], "cpu")
+    r = job.recipe
+    plan = Plan(recipe=r.name, recipe_key=recipe_key(r), model_id=model_id(r), steps=8, scheduler={},
+                residual="hidden", base_sigmas=[], branches=["cond"], cached_steps={"cond": [2, 4, 6]},
+                sample_shape={}, calibration={})
+    plan.save(tmp_path / "plan")
+    first = job.loaded.pipe.transformer.transformer_blocks[0]
+    inner = next(iter(first.children()))  # runs only when the block stack really computes
+    handle = inner.register_forward_pre_hook(lambda *a: time.sleep(SLEEP))
+    try:
+        timing = paired_timing(job, Samples(["a seven"], [0]), PlanMethod(job, str(tmp_path / "plan")))
+    finally:
+        handle.remove()
+    ideal = plan.predicted_speedup
+    assert ideal == 8 / 5
+    assert abs(timing["speedup"] / ideal - 1) < 0.05, (timing, ideal)
+    assert timing["timing_baseline_seconds"] > 8 * SLEEP
