@@ -80,6 +80,7 @@ class CalibrationCfg(_Strict):
     prompts: str = "../prompts/tiny-calibration.txt"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     holdout: float = Field(0.25, gt=0, lt=1)
+    micro_batch: int = Field(0, ge=0)  # split transformer calls into chunks of this many samples (0: whole batch)
 
 
 class EvalCfg(_Strict):

@@ -333,3 +333,23 @@ def test_refused_adjustment_leaves_no_hooks(tiny_flux, flux_profile):
         from ertacli.engine import remove_ertacache
 
         remove_ertacache(loaded.pipe.transformer)
+
+
+@pytest.mark.parametrize("name", ["tiny_flux", "tiny_wan"])
+def test_micro_batches_keep_decisions_and_outputs(name, request):
+    """Splitting transformer calls into micro-batches keeps the search decisions and (nearly) the outputs."""
+    loaded, recipe = request.getfixturevalue(name)
+    prompts, seeds = ["a seven", "a two", "a four"], [0, 1, 2]
+    T = recipe.sampling.steps
+    rec = RecordController(T)
+    with Session(loaded, rec) as s:
+        s.run_batch(recipe, prompts, seeds)
+    gt = {b: v["R"] for b, v in rec.stats.items()}
+    outs, plans = [], []
+    for mb in (0, 2):
+        ctl = SearchController(T, 0.5, gt)
+        with Session(loaded, ctl, micro_batch=mb) as s:
+            outs.append(s.run_batch(recipe, prompts, seeds).latents)
+        plans.append(dict(ctl.cached_steps))
+    assert plans[0] == plans[1] and any(plans[0].values())
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)

@@ -22,6 +22,7 @@ class Backbone:
     block_lists: tuple[str, ...]  # transformer attributes holding the block ModuleLists, in order
     default_scheduler: str  # scheduler class name the pipeline ships with
     tiny_builder: str | None = None  # "module:function" building a tiny random pipeline
+    unbatched_args: tuple[str, ...] = ()  # transformer kwargs without a batch dimension (micro-batching)
 
     @property
     def is_video(self) -> bool:
@@ -63,6 +64,7 @@ register_backbone(
         block_lists=("transformer_blocks", "single_transformer_blocks"),
         default_scheduler="FlowMatchEulerDiscreteScheduler",
         tiny_builder="ertacli.backbones.tiny:build_tiny_flux",
+        unbatched_args=("txt_ids", "img_ids"),
     )
 )
 

@@ -105,7 +105,8 @@ def calibration_pass(job: "Job", controller, samples: "Samples", label: str):
     """One lockstep pipeline call of the calibration batch under `controller`, with a step progress bar."""
     from ..engine import Session
 
-    with Session(job.loaded, controller) as session, progress_bar(job.quiet) as bar:
+    with Session(job.loaded, controller, job.recipe.calibration.micro_batch) as session, \
+            progress_bar(job.quiet) as bar:
         task = bar.add_task(label, total=job.recipe.sampling.steps)
         return session.run_batch(job.recipe, samples.prompts, samples.seeds, on_step=lambda: bar.advance(task))
 

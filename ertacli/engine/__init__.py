@@ -30,8 +30,8 @@ def check_adjustable(scheduler) -> None:
 class Session:
     """Hooks attached to a loaded pipeline for the lifetime of a `with` block; runs reset state per call."""
 
-    def __init__(self, loaded, controller):
-        self.loaded, self.controller = loaded, controller
+    def __init__(self, loaded, controller, micro_batch: int = 0):
+        self.loaded, self.controller, self.micro_batch = loaded, controller, micro_batch
         self._scheduler = None
 
     def __enter__(self) -> "Session":
@@ -39,8 +39,9 @@ class Session:
         if self.controller.schedule is not None:
             check_adjustable(pipe.scheduler)
         self._scheduler = pipe.scheduler
-        apply_ertacache(pipe.transformer, self.loaded.backbone.block_lists, self.controller,
-                        self.controller.residual)
+        bb = self.loaded.backbone
+        apply_ertacache(pipe.transformer, bb.block_lists, self.controller, self.controller.residual,
+                        self.micro_batch, bb.unbatched_args)
         try:
             if self.controller.schedule is not None:
                 pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)

@@ -64,9 +64,26 @@ class TransformerCall:
         self.kwargs["timestep"] = self.kwargs["timestep"] * ratio
 
     def _forward(self) -> torch.Tensor:
-        out = self.hook.fn_ref.original_forward(*self.args, **self.kwargs)
-        self._out_template = out
-        return out[0] if isinstance(out, tuple) else out.sample
+        """The original forward, in micro-batches when configured; R_k and outputs are re-assembled whole."""
+        B, mb = self.x.shape[0], self.hook.micro_batch
+        if not mb or B <= mb:
+            out = self.hook.fn_ref.original_forward(*self.args, **self.kwargs)
+            self._out_template = out
+            return out[0] if isinstance(out, tuple) else out.sample
+        st, inject, outs, residuals = self.state, self.state.inject, [], []
+        for a in range(0, B, mb):
+            args, kwargs = _chunk(self.args, self.kwargs, a, a + mb, B, self.hook.unbatched)
+            st.inject = None if inject is None else inject[a:a + mb]
+            if inject is None:
+                st.residual = None
+            out = self.hook.fn_ref.original_forward(*args, **kwargs)
+            self._out_template = out
+            outs.append(out[0] if isinstance(out, tuple) else out.sample)
+            residuals.append(st.residual)
+        st.inject = inject
+        if residuals[0] is not None and inject is None:
+            st.residual = torch.cat(residuals)
+        return torch.cat(outs)
 
     def compute(self) -> torch.Tensor:
         """Full call; afterwards `state.residual` holds R_k in the configured residual space."""
@@ -101,6 +118,13 @@ class TransformerCall:
         return (v,) + tuple(out[1:]) if isinstance(out, tuple) else type(out)(sample=v)
 
 
+def _chunk(args: tuple, kwargs: dict, a: int, b: int, B: int, unbatched: tuple[str, ...]):
+    """Slice every tensor argument whose first dimension is the batch, except the backbone's unbatched ones."""
+    cut = lambda v: v[a:b] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == B else v
+    return (tuple(cut(v) for v in args),
+            {k: (v if k in unbatched else cut(v)) for k, v in kwargs.items()})
+
+
 def _output_cls():
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
@@ -112,9 +136,11 @@ class StepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, states: StateManager, controller, residual: str):
+    def __init__(self, states: StateManager, controller, residual: str, micro_batch: int = 0,
+                 unbatched: tuple[str, ...] = ()):
         super().__init__()
         self.states, self.controller, self.residual = states, controller, residual
+        self.micro_batch, self.unbatched = micro_batch, unbatched
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         _ensure_context(self.states)
@@ -207,7 +233,7 @@ def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[
 
 
 def apply_ertacache(transformer: torch.nn.Module, block_lists: tuple[str, ...], controller,
-                    residual: str = "hidden") -> StateManager:
+                    residual: str = "hidden", micro_batch: int = 0, unbatched: tuple[str, ...] = ()) -> StateManager:
     """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `controller`."""
     remove_ertacache(transformer)
     states = StateManager(BranchState)
@@ -221,7 +247,7 @@ def apply_ertacache(transformer: torch.nn.Module, block_lists: tuple[str, ...], 
                 StackBlockHook(states, is_tail=True), BLOCK_HOOK)
         HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(StackHeadHook(states), HEAD_HOOK)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(StepHook(states, controller, residual), STEP_HOOK)
+    registry.register_hook(StepHook(states, controller, residual, micro_batch, unbatched), STEP_HOOK)
     registry.invalidate_child_registries_cache()
     return states
 
