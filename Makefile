@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean-results
+.PHONY: install test demo train-tiny clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ertacache demo --model tiny-flux
+
+# Retrain the bundled digit backbones into models/tiny-flux and models/tiny-wan (CPU, seeded, ~15-25 min on 2 cores).
+train-tiny: $(STAMP)
+	$(BIN)/python -m ertacli.tinytrain --out models
 
 clean-results:
 	find results -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -47,6 +47,7 @@ class Spec:
     batch: int = 128
     lr: float = 1e-3
     shift: float = 1.0  # FlowMatchEulerDiscreteScheduler shift saved with the pipeline
+    ema: float = 0.98  # weight averaging decay; the averaged weights are the ones saved
     captions_per_group: int = 48  # captions per digit (image) or per digit and motion (video)
     transformer: dict[str, Any] = field(default_factory=dict)
 

@@ -14,7 +14,6 @@ from ertacli.tinytrain.models import Spec, build_pipeline, build_transformer, fo
 
 DROPOUT = 0.1  # share of captions replaced by "" (the unconditional branch for classifier-free guidance)
 WARMUP = 20  # linear learning-rate warm-up steps, then cosine decay to 5%
-EMA = 0.995  # weight averaging; the averaged weights are the ones saved
 LOG_FILE = "train_log.csv"
 INFO_FILE = "training.json"
 
@@ -87,18 +86,18 @@ def _progress(quiet: bool) -> Any:
                     disable=quiet)
 
 
-def _ema_update(ema: Any, model: Any, step: int) -> None:
-    """ema <- d * ema + (1 - d) * model, with d ramping up to EMA over the first steps."""
+def _ema_update(ema: Any, model: Any, step: int, decay: float) -> None:
+    """ema <- d * ema + (1 - d) * model, with d ramping up to decay over the first steps."""
     import torch
 
-    d = min(EMA, (1 + step) / (10 + step))
+    d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
             pe.lerp_(pm, 1 - d)
 
 
-def fit(spec: Spec, seed: int, log_path: Path, quiet: bool = False) -> tuple[Any, list[dict]]:
-    """Train spec's transformer from scratch; returns (EMA transformer in eval mode, loss rows)."""
+def fit(spec: Spec, seed: int, log_path: Path, quiet: bool = False) -> tuple[Any, Any, list[dict]]:
+    """Train spec's transformer from scratch; returns (EMA transformer, trained transformer, loss rows)."""
     import copy
 
     import torch
@@ -123,7 +122,7 @@ def fit(spec: Spec, seed: int, log_path: Path, quiet: bool = False) -> tuple[Any
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            _ema_update(ema, model, step)
+            _ema_update(ema, model, step, spec.ema)
             value = float(loss.detach())
             row = {"step": step + 1, "loss": round(value, 6), "lr": opt.param_groups[0]["lr"],
                    "seconds": round(time.perf_counter() - start, 2)}
@@ -131,7 +130,7 @@ def fit(spec: Spec, seed: int, log_path: Path, quiet: bool = False) -> tuple[Any
             fh.flush()
             rows.append(row)
             bar.update(task, advance=1, loss=value)
-    return ema, rows
+    return ema, model.eval(), rows
 
 
 def sample_check(pipe: Any, spec: Spec, prompts: list[str], seed: int, guidance: float) -> tuple[Any, float]:
@@ -171,7 +170,7 @@ def train_and_save(spec: Spec, out_root: Path, seed: int, quiet: bool = False) -
     out = Path(out_root) / spec.name
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    ema, rows = fit(spec, seed, out / LOG_FILE, quiet)
+    ema, _, rows = fit(spec, seed, out / LOG_FILE, quiet)
     train_s = time.perf_counter() - start
     pipe = build_pipeline(spec, ema)
     pipe.save_pretrained(out, safe_serialization=True)
@@ -180,7 +179,7 @@ def train_and_save(spec: Spec, out_root: Path, seed: int, quiet: bool = False) -
     media, acc = sample_check(pipe, spec, prompts, seed, 5.0 if spec.video else 3.5)
     save_samples(media, out / "samples.png", spec.video)
     info = {"name": spec.name, "seed": seed, "steps": spec.steps, "batch": spec.batch, "lr": spec.lr,
-            "size": spec.size, "frames": spec.frames, "dropout": DROPOUT, "ema": EMA,
+            "size": spec.size, "frames": spec.frames, "dropout": DROPOUT, "ema": spec.ema,
             "text_encoder": "minilm", "train_seconds": round(train_s, 1),
             "final_loss_mean_last_20": round(sum(r["loss"] for r in rows[-20:]) / min(20, len(rows)), 5),
             "check_prompts": prompts, "check_digit_acc": round(acc, 4)}
