@@ -162,12 +162,13 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
              compare: bool = typer.Option(False, "--compare", help="Also run diffusers' built-in caches at this NFE."),
              min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Quality gate: fail if mean PSNR is lower."),
              max_lpips: Optional[float] = typer.Option(None, "--max-lpips", help="Quality gate: fail if mean LPIPS is higher."),
+             vbench: bool = typer.Option(False, "--vbench", help="VBench's standard dimensions (pip install 'ertacache[vbench]')."),
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Quality (PSNR, SSIM, ...) and measured speedup against the uncached baseline; optional quality gate."""
     from .commands.evaluate import quality_gate, run_eval
 
     job = _job(model, sets, device, quiet)
-    path, summary, peers = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run, with_peers=compare)
+    path, summary, peers = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run, with_peers=compare, vbench=vbench)
     _show([{"quantity": k, "value": v} for k, v in summary.items()], "eval: cached vs uncached baseline")
     if peers:
         _show([{k: v for k, v in r.items() if k != "run"} for r in peers], "peers at the plan's NFE")

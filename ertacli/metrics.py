@@ -108,3 +108,6 @@ def compute_metrics(
         extra = {"prompt": prompts[i]} if prompts is not None else {}
         out.append({name: fn(p, r, **ctx, **extra) for name, fn in fns.items()})
     return out
+
+
+from . import perceptual as _perceptual  # noqa: E402,F401  registers lpips, lpips-vgg, clip

@@ -216,3 +216,16 @@ def test_quality_gate_fails_and_lists_samples(results, monkeypatch, capsys):
     assert "quality gate failed" in err and "sample 0" in err and "sample 1" in err
     code, out, err = cli(monkeypatch, capsys, *args, "--min-psnr", "1")
     assert code == 0, err
+
+
+def test_missing_metric_weights_reported_not_scored(results, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.delenv("ERTACACHE_LPIPS_BACKBONE", raising=False)
+    plan = _search_one(results, monkeypatch, capsys, "0.5")
+    code, out, err = cli(monkeypatch, capsys, "eval", "-m", "tiny-flux-random", "--plan", str(plan), "--prompt",
+                         "a seven", *FAST, "--set", "eval.metrics=[psnr, lpips]")
+    assert code == 0, err
+    (ev,) = runs(results, "tiny-flux-random", "eval")
+    summary = json.loads((ev / "eval.json").read_text())
+    assert summary["lpips"].startswith("missing:") and "alexnet-owt-7be5be79.pth" in summary["lpips"]
+    assert isinstance(summary["psnr"], float)

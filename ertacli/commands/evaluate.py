@@ -58,13 +58,16 @@ def compare(job: Job, cached_dir: Path, base_dir: Path, metric_names: list[str])
     import pandas as pd
 
     from ..metrics import compute_metrics
+    from ..perceptual import missing_metrics
 
     info, rows = _read_generate(cached_dir, job)
     _, base_rows = _read_generate(base_dir, job)
     if [(r["prompt"], r["seed"]) for r in rows] != [(r["prompt"], r["seed"]) for r in base_rows]:
         raise UserError(f"{cached_dir} and baseline {base_dir} hold different prompts/seeds")
-    scores = compute_metrics(metric_names, load_outputs(cached_dir, rows), load_outputs(base_dir, base_rows),
-                             prompts=[r["prompt"] for r in rows])
+    missing = missing_metrics(metric_names)
+    measured = [m for m in metric_names if m not in missing]
+    scores = compute_metrics(measured, load_outputs(cached_dir, rows), load_outputs(base_dir, base_rows),
+                             prompts=[r["prompt"] for r in rows]) if measured else [{} for _ in rows]
     per = pd.DataFrame([{"index": r["index"], "prompt": r["prompt"], "seed": r["seed"], "nfe": r["nfe"],
                          "baseline_nfe": b["nfe"], "seconds": r["seconds"], "baseline_seconds": b["seconds"], **s}
                         for r, b, s in zip(rows, base_rows, scores)])
@@ -73,12 +76,13 @@ def compare(job: Job, cached_dir: Path, base_dir: Path, metric_names: list[str])
                "samples": len(per), "nfe": float(per["nfe"].mean()), "baseline_nfe": float(per["baseline_nfe"].mean()),
                "seconds": t_c, "baseline_seconds": t_b, "speedup": t_b / t_c if t_c > 0 else None,
                "ideal_speedup": float(per["baseline_nfe"].mean() / per["nfe"].mean())}
-    summary.update({m: float(per[m].mean()) for m in metric_names})
+    summary.update({m: float(per[m].mean()) for m in measured})
+    summary.update({m: f"missing: {reason}" for m, reason in missing.items()})
     return per, summary
 
 
 def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path: str | None = None,
-             metrics: list[str] | None = None, with_peers: bool = False):
+             metrics: list[str] | None = None, with_peers: bool = False, vbench: bool = False):
     """Generate (if given a plan) and compare against the baseline; returns (eval run dir, summary)."""
     import pandas as pd
 
@@ -100,6 +104,8 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
     if plan_path is not None:
         summary["speedup_runs"] = summary["speedup"]
         summary.update(paired_timing(job, samples, PlanMethod(job, plan_path)))
+    if vbench:
+        summary.update(vbench_scores(cached_dir))
     peers = []
     if with_peers:
         from ..plan import find_plan_dir
@@ -115,6 +121,17 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
             save_table(pd.DataFrame(peers), run.path, "peers")
         run.write_json("eval.json", {**summary, "peers": peers})
     return run.final_path, summary, peers
+
+
+def vbench_scores(run_dir: Path) -> dict:
+    """VBench's standard dimensions on a video run, or one 'missing: ...' entry saying what is absent."""
+    from ..perceptual import MetricUnavailable
+    from ..vbench_eval import run_vbench
+
+    try:
+        return {f"vbench_{k}": v for k, v in run_vbench(run_dir).items()}
+    except MetricUnavailable as exc:
+        return {"vbench": f"missing: {exc}"}
 
 
 def quality_gate(run_dir: Path, summary: dict, min_psnr: float | None, max_lpips: float | None) -> list[str]:
