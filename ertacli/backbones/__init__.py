@@ -23,6 +23,7 @@ class Backbone:
     default_scheduler: str  # scheduler class name the pipeline ships with
     tiny_builder: str | None = None  # "module:function" building a tiny random pipeline
     unbatched_args: tuple[str, ...] = ()  # transformer kwargs without a batch dimension (micro-batching)
+    default_branch: str = "default"  # branch name for transformer calls made outside any cache_context
 
     @property
     def is_video(self) -> bool:
@@ -78,5 +79,77 @@ register_backbone(
         block_lists=("blocks",),
         default_scheduler="UniPCMultistepScheduler",
         tiny_builder="ertacli.backbones.tiny:build_tiny_wan",
+    )
+)
+
+register_backbone(
+    Backbone(
+        pipeline="CogVideoXPipeline",
+        media="video",
+        branches=("cond_uncond",),  # one batched call [uncond; cond] per step (CFG when guidance_scale > 1)
+        latent_layout="BFCHW",
+        channel_dim=2,
+        block_lists=("transformer_blocks",),  # CogVideoXBlock
+        default_scheduler="CogVideoXDDIMScheduler",  # -2b; -5b ships CogVideoXDPMScheduler: no adjustment
+        tiny_builder="ertacli.backbones.tiny_more:build_tiny_cogvideox",
+        unbatched_args=("image_rotary_emb",),  # (cos, sin) over tokens (5b; the 2b uses sincos positions)
+        default_branch="cond_uncond",
+    )
+)
+
+register_backbone(
+    Backbone(
+        pipeline="HunyuanVideoPipeline",
+        media="video",
+        branches=("cond",),  # "uncond" only runs with true_cfg_scale > 1 and a negative prompt
+        latent_layout="BCFHW",
+        channel_dim=1,
+        block_lists=("transformer_blocks", "single_transformer_blocks"),  # HunyuanVideo(Single)TransformerBlock
+        default_scheduler="FlowMatchEulerDiscreteScheduler",
+        tiny_builder="ertacli.backbones.tiny_more:build_tiny_hunyuanvideo",
+    )
+)
+
+register_backbone(
+    Backbone(
+        pipeline="StableDiffusion3Pipeline",
+        media="image",
+        branches=("cond_uncond",),  # batched [uncond; cond] call; the pipeline sets no cache_context
+        latent_layout="BCHW",
+        channel_dim=1,
+        block_lists=("transformer_blocks",),  # JointTransformerBlock
+        default_scheduler="FlowMatchEulerDiscreteScheduler",
+        tiny_builder="ertacli.backbones.tiny_more:build_tiny_sd3",
+        default_branch="cond_uncond",
+    )
+)
+
+register_backbone(
+    Backbone(
+        pipeline="LTXPipeline",
+        media="video",
+        branches=("cond_uncond",),  # one batched call [uncond; cond] per step (CFG when guidance_scale > 1)
+        latent_layout="packed",  # (B, tokens, C): the pipeline packs latents before the loop
+        channel_dim=-1,
+        block_lists=("transformer_blocks",),  # LTXVideoTransformerBlock
+        default_scheduler="FlowMatchEulerDiscreteScheduler",  # with dynamic shifting (mu from the token count)
+        tiny_builder="ertacli.backbones.tiny_more:build_tiny_ltx",
+        unbatched_args=("rope_interpolation_scale",),  # a (t, h, w) scale tuple
+        default_branch="cond_uncond",
+    )
+)
+
+ADAPTER = "adapter"
+"""Pipeline name of models behind a Python adapter (`model.adapter`, see ertacli/backbones/adapter.py)."""
+
+register_backbone(
+    Backbone(
+        pipeline=ADAPTER,
+        media="image",  # replaced by the adapter's own media and branches when it is loaded
+        branches=("cond", "uncond"),  # "uncond" only when the adapter supports guidance and guidance_scale > 1
+        latent_layout="adapter",
+        channel_dim=1,
+        block_lists=(),  # no block stack visible: adapters cache in latent space (cache.residual: latent)
+        default_scheduler="FlowMatchEulerDiscreteScheduler",
     )
 )

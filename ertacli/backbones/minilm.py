@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from ertacli.backbones.text import style_kwargs
+from ertacli.backbones.text import STYLES, style_kwargs
 from ertacli.errors import UserError
 
 DIM = 384  # hidden size of all-MiniLM-L6-v2 (token states and pooled vector)
@@ -58,8 +58,8 @@ class MiniLMTextEncoder:
     pooled_dim = DIM
 
     def __init__(self, style: str = "flux", max_tokens: int = MAX_TOKENS) -> None:
-        if style not in ("flux", "wan"):
-            raise ValueError(f"MiniLMTextEncoder style must be 'flux' or 'wan', got {style!r}")
+        if style not in STYLES:
+            raise ValueError(f"MiniLMTextEncoder style must be one of {', '.join(STYLES)}, got {style!r}")
         self.style, self.max_tokens = style, int(max_tokens)
 
     def embed(self, prompts: Sequence[str]) -> tuple[Any, Any]:

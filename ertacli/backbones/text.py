@@ -24,18 +24,38 @@ def words(prompt: str) -> list[str]:
     return _WORD.findall(prompt.lower())
 
 
+STYLES = {  # style: (pooled vector, attention mask, negatives always) -- pipelines' prompt_embeds conventions
+    "flux": (True, False, False),  # FluxPipeline (true CFG only with a negative prompt)
+    "wan": (False, False, True),  # WanPipeline, CogVideoXPipeline
+    "sd3": (True, False, True),  # StableDiffusion3Pipeline
+    "hunyuan": (True, True, False),  # HunyuanVideoPipeline (uncond only with true_cfg_scale and a negative)
+    "ltx": (False, True, True),  # LTXPipeline
+}
+
+
+def token_mask(tokens: Any) -> Any:
+    """(N, L) int64 mask of the non-zero token states; the first token always counts (like a BOS token)."""
+    mask = (tokens.abs().sum(-1) > 0).long()
+    mask[:, 0] = 1
+    return mask
+
+
 def style_kwargs(embed: Any, style: str, prompts: Sequence[str], negative_prompt: str | None) -> dict[str, Any]:
-    """Pipeline kwargs from embed(prompts) -> (tokens, pooled): Flux adds pooled (+ negatives), Wan negatives."""
-    tokens, pooled = embed(list(prompts))
-    out: dict[str, Any] = {"prompt_embeds": tokens}
-    if style == "flux":
-        out["pooled_prompt_embeds"] = pooled
-        if negative_prompt:
-            neg_tokens, neg_pooled = embed([negative_prompt] * len(prompts))
-            out["negative_prompt_embeds"] = neg_tokens
-            out["negative_pooled_prompt_embeds"] = neg_pooled
-    else:
-        out["negative_prompt_embeds"] = embed([negative_prompt or ""] * len(prompts))[0]
+    """Pipeline kwargs from embed(prompts) -> (tokens, pooled) in a STYLES convention (pooled, masks, negatives)."""
+    pooled, masked, always = STYLES[style]
+    out: dict[str, Any] = {}
+
+    def put(prefix: str, texts: list[str]) -> None:
+        tokens, pool = embed(texts)
+        out[f"{prefix}prompt_embeds"] = tokens
+        if pooled:
+            out[f"{prefix}pooled_prompt_embeds"] = pool
+        if masked:
+            out[f"{prefix}prompt_attention_mask"] = token_mask(tokens)
+
+    put("", list(prompts))
+    if negative_prompt or always:
+        put("negative_", [negative_prompt or ""] * len(prompts))
     return out
 
 
@@ -52,8 +72,8 @@ class HashTextEncoder:
         buckets: int = 4096,
         style: str = "flux",
     ) -> None:
-        if style not in ("flux", "wan"):
-            raise ValueError(f"HashTextEncoder style must be 'flux' or 'wan', got {style!r}")
+        if style not in STYLES:
+            raise ValueError(f"HashTextEncoder style must be one of {', '.join(STYLES)}, got {style!r}")
         gen = torch.Generator("cpu").manual_seed(int(seed))
         self.dim, self.pooled_dim, self.max_tokens = int(dim), int(pooled_dim), int(max_tokens)
         self.buckets, self.style = int(buckets), style
@@ -77,7 +97,7 @@ class HashTextEncoder:
         return tokens, pooled
 
     def pipeline_kwargs(self, prompts: Sequence[str], negative_prompt: str | None) -> dict[str, Any]:
-        """Flux: prompt_embeds + pooled (+ negatives if a negative prompt is given); Wan: prompt + negative embeds."""
+        """prompt_embeds (+ pooled, masks, negatives) in this encoder's style (see STYLES)."""
         return style_kwargs(self.embed, self.style, prompts, negative_prompt)
 
     encode = pipeline_kwargs
