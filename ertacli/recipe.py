@@ -21,6 +21,8 @@ RESULTS_DIR = Path(os.environ.get("ERTACACHE_RESULTS") or Path.cwd() / "results"
 PromptKind = Literal["calibration", "eval"]
 Toggle = Literal["auto", "on", "off"]
 PROMPT_HINT = "set calibration.prompts / eval.prompts or pass --prompts FILE"
+RUNTIME_MODEL_FIELDS = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_backend")
+"""ModelCfg fields that change memory and speed, not what the model computes (beyond kernel round-off)."""
 
 
 def recipes_dir() -> Path:
@@ -48,6 +50,10 @@ class ModelCfg(_Strict):
     source: Literal["tiny", "pretrained"] = "tiny"
     path: Optional[str] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    cpu_offload: Literal["none", "model", "sequential"] = "none"  # diffusers CPU offload (accelerators only)
+    vae_tiling: bool = False  # decode in spatial tiles (large frames; when the VAE supports it)
+    vae_slicing: bool = True  # decode one sample of the batch at a time (when the VAE supports it)
+    attention_backend: Optional[str] = None  # diffusers attention backend (flash, sage, native, ...); None: default
     seed: int = 0
     tiny: dict[str, Any] = Field(default_factory=dict)
     scheduler: Optional[Literal["flow-euler"]] = None
@@ -176,8 +182,26 @@ class Recipe(_Strict):
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def _json_prompts(path: Path, text: str) -> list[str]:
+    """Prompts of a JSON list of strings or of objects with a "prompt_en" or "prompt" field (VBench style)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"prompt file {path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise UserError(f"prompt file {path}: expected a JSON list of prompts, got {type(data).__name__}")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict):
+            item = item.get("prompt_en", item.get("prompt"))
+        if not isinstance(item, str):
+            raise UserError(f"prompt file {path}: entry {i} is not a string or an object with 'prompt_en'/'prompt'")
+        out.append(item.strip())
+    return [p for p in out if p]
+
+
 def read_prompt_file(path: str | Path) -> list[str]:
-    """Non-empty stripped lines of a prompt file, '#' comment lines skipped."""
+    """Prompts of a file: a .json list (strings or {"prompt_en"|"prompt": ...}), else one per line, '#' comments."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"prompt file not found: {path} ({PROMPT_HINT})")
@@ -185,7 +209,10 @@ def read_prompt_file(path: str | Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"prompt file {path}: cannot read it ({exc}); {PROMPT_HINT}") from exc
-    prompts = [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
+    if path.suffix.lower() == ".json":
+        prompts = _json_prompts(path, text)
+    else:
+        prompts = [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
     if not prompts:
         raise UserError(f"prompt file {path} has no prompts (one prompt per line, '#' starts a comment)")
     return prompts

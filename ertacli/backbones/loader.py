@@ -156,6 +156,10 @@ def apply_scheduler(pipe: Any, choice: str | None) -> None:
         raise UserError(f"model.scheduler must be empty or 'flow-euler', got {choice!r}")
     if choice is None or type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
         return
+    prediction = pipe.scheduler.config.get("prediction_type")
+    if prediction not in (None, "flow_prediction"):
+        raise UserError(f"model.scheduler=flow-euler needs a flow-matching model; {type(pipe.scheduler).__name__} "
+                        f"predicts {prediction!r}: keep its scheduler (timestep adjustment stays off)")
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     config = dict(pipe.scheduler.config)
@@ -165,6 +169,45 @@ def apply_scheduler(pipe: Any, choice: str | None) -> None:
     if shift is not None:
         config["shift"] = float(shift)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+
+
+def set_attention_backend(pipe: Any, name: str | None) -> None:
+    """transformer.set_attention_backend(name) when a backend is named (diffusers' AttentionBackendName values)."""
+    if not name:
+        return
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    known = [b.value for b in AttentionBackendName]
+    if str(name).lower() not in known:
+        raise UserError(f"model.attention_backend {name!r} is not a diffusers backend; use one of {', '.join(known)}")
+    if not hasattr(pipe.transformer, "set_attention_backend"):
+        raise UserError("model.attention_backend needs a diffusers with ModelMixin.set_attention_backend")
+    try:
+        pipe.transformer.set_attention_backend(str(name).lower())
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise UserError(f"model.attention_backend={name}: {exc}") from None
+
+
+def set_vae_decoding(pipe: Any, tiling: bool, slicing: bool) -> None:
+    """Turn the VAE's tiled / sliced decoding on or off, where the VAE implements it."""
+    vae = getattr(pipe, "vae", None)
+    for flag, attr, on, off in ((tiling, "use_tiling", "enable_tiling", "disable_tiling"),
+                                (slicing, "use_slicing", "enable_slicing", "disable_slicing")):
+        if vae is not None and hasattr(vae, attr) and hasattr(vae, on):
+            getattr(vae, on if flag else off)()
+
+
+def place_pipeline(pipe: Any, model_cfg: Any, device: str) -> None:
+    """Move the pipeline to device, or let diffusers' model / sequential CPU offload place it (accelerators only)."""
+    offload = getattr(model_cfg, "cpu_offload", "none") or "none"
+    if offload not in ("none", "model", "sequential"):
+        raise UserError(f"model.cpu_offload must be none, model or sequential, got {offload!r}")
+    if offload == "none" or device == "cpu":  # on the CPU everything already lives in host memory
+        pipe.to(device)
+    elif offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
 
 
 def load_pipeline(recipe, device: str) -> Loaded:
@@ -178,6 +221,8 @@ def load_pipeline(recipe, device: str) -> Loaded:
     else:
         raise UserError(f"model.source must be 'tiny' or 'pretrained', got {recipe.model.source!r}")
     apply_scheduler(pipe, recipe.model.scheduler)
-    pipe.to(device)
+    set_attention_backend(pipe, getattr(recipe.model, "attention_backend", None))
+    set_vae_decoding(pipe, getattr(recipe.model, "vae_tiling", False), getattr(recipe.model, "vae_slicing", True))
+    place_pipeline(pipe, recipe.model, device)
     pipe.set_progress_bar_config(disable=True)
     return Loaded(pipe=pipe, backbone=backbone, encoder=encoder, device=device, dtype=dtype)

@@ -22,13 +22,15 @@ class BatchResult:
 
 
 def _to_device(kwargs: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
-    """Move tensor kwargs (embeddings) to the device and the model dtype."""
+    """Move tensor kwargs to the device: embeddings also to the model dtype, integer masks as they are."""
     import torch
 
-    return {
-        k: v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-        for k, v in kwargs.items()
-    }
+    def move(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        return v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device=device)
+
+    return {k: move(v) for k, v in kwargs.items()}
 
 
 def _sync(device: str) -> None:
