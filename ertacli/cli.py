@@ -141,14 +141,19 @@ def generate_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None,
                  prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Prompt (repeatable)."),
                  prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file, one per line."),
                  seed: Optional[List[int]] = typer.Option(None, "--seed", help="Seed (repeatable; default: recipe eval seeds)."),
+                 resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run directory."),
                  sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Run the pipeline uncached or with a plan; saves media, latents, NFE and time per sample."""
     import pandas as pd
 
-    from .commands.generate import run_generate
+    from .commands.generate import resume_inputs, run_generate
 
     job = _job(model, sets, device, quiet)
-    path = run_generate(job, job.eval_samples(prompt, prompts, seed), plan)
+    if resume:
+        samples, plan = resume_inputs(job, resume)
+        path = run_generate(job, samples, plan, resume=resume)
+    else:
+        path = run_generate(job, job.eval_samples(prompt, prompts, seed), plan)
     df = pd.read_csv(path / "samples.csv")
     _show(df[["index", "prompt", "seed", "nfe", "seconds", "file"]], "generate", path)
 

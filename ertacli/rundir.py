@@ -73,32 +73,54 @@ def _is_clean_exit(exc: Optional[BaseException]) -> bool:
     return code == 0
 
 
+INCOMPLETE = "INCOMPLETE"
+
+
 class RunDir:
     """Context manager for one run's output folder under results/<recipe>/."""
 
     def __init__(self, recipe_name: str, command: str, argv: Iterable[str],
-                 results_dir: str | Path | None = None) -> None:
-        """Plan the temp and final names; nothing is created until entered."""
+                 results_dir: str | Path | None = None, resumable: bool = False,
+                 existing: str | Path | None = None, lead: bool = True) -> None:
+        """Plan the temp and final names; nothing is created until entered.
+
+        resumable: an interruption (Ctrl-C, a crash) keeps the temp folder, marked INCOMPLETE, for --resume;
+        existing: adopt that temp folder (resume); lead=False: another process (rank 0) creates and renames it.
+        """
         self.recipe_name = _check_component("recipe name", recipe_name)
         self.command = _check_component("command", command)
         self.argv = [str(a) for a in argv]
         self.root = Path(results_dir) if results_dir is not None else default_results_dir()
+        self.resumable, self.lead, self.existing = resumable, lead, existing is not None
         self.stamp = _utc_stamp()
         self.token = secrets.token_hex(3)
         self.run_name = f"{command}-{self.stamp}-{self.token}"
         self.tmp_path = self.root / recipe_name / f"{TMP_PREFIX}{self.run_name}"
+        if existing is not None:
+            self.tmp_path = Path(existing)
+            self.run_name = self.tmp_path.name[len(TMP_PREFIX):]
         self.path = self.tmp_path
         self.final_path: Optional[Path] = None
 
     def __enter__(self) -> "RunDir":
-        """Create the temp folder."""
-        self.tmp_path.mkdir(parents=True, exist_ok=False)
+        """Create the temp folder (or adopt an existing one)."""
+        if self.lead and not self.existing:
+            self.tmp_path.mkdir(parents=True, exist_ok=False)
+        if self.lead:
+            (self.tmp_path / INCOMPLETE).unlink(missing_ok=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        """Rename to the final name on success; remove the temp folder on any failure."""
+        """Rename to the final name on success; on failure remove the temp folder, or keep it marked INCOMPLETE."""
+        if not self.lead:
+            return False
         if not _is_clean_exit(exc):
-            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            from .errors import UserError
+
+            if self.resumable and not isinstance(exc, UserError):
+                (self.tmp_path / INCOMPLETE).write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
+            else:
+                shutil.rmtree(self.tmp_path, ignore_errors=True)
             return False
         try:
             self.write_text("command.txt", shlex.join(self.argv) + "\n")

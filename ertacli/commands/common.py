@@ -38,6 +38,16 @@ class Samples:
     def to_json(self) -> dict:
         return {"prompts": self.prompts, "seeds": self.seeds, "digest": self.digest()}
 
+    def mine(self) -> tuple[list[int], "Samples"]:
+        """This rank's deterministic shard (indices and samples); everything in one process."""
+        from ..dist import WORLD
+
+        if len(self) < WORLD.size:
+            raise UserError(f"{len(self)} samples cannot be split over {WORLD.size} processes; "
+                            f"add prompts/seeds or launch fewer processes")
+        idx = WORLD.shard(len(self))
+        return idx, self.subset(idx)
+
 
 @dataclass
 class Job:
@@ -53,9 +63,13 @@ class Job:
     def make(cls, model: str, overrides: list[str] | None, device: str | None,
              argv: list[str] | None = None, quiet: bool = False) -> "Job":
         from ..backbones.loader import resolve_device
+        from ..dist import WORLD, init, launched, local_device
 
         recipe = resolve_recipe(model, overrides or [])
-        return cls(recipe, resolve_device(device), list(argv if argv is not None else sys.argv), quiet)
+        dev = local_device(device or ("cuda" if launched() and _cuda() else None) or resolve_device(None))
+        dev = resolve_device(dev)
+        init(dev)
+        return cls(recipe, dev, list(argv if argv is not None else sys.argv), quiet or not WORLD.main)
 
     @property
     def loaded(self):
@@ -83,14 +97,50 @@ class Job:
             chosen = self.recipe.read_prompts("eval")
         return Samples.grid(chosen, list(seeds) if seeds else list(self.recipe.eval.seeds))
 
-    def rundir(self, command: str) -> RunDir:
-        return RunDir(self.recipe.name, command, self.argv)
+    def rundir(self, command: str, resumable: bool = False, existing: str | Path | None = None,
+               shared: bool = False) -> RunDir:
+        """Rank 0 owns the run directory; other ranks write into the same one (shared) or into scratch."""
+        import tempfile
+
+        from ..dist import WORLD, broadcast
+
+        lead = RunDir(self.recipe.name, command, self.argv, resumable=resumable, existing=existing)
+        if not WORLD.active:
+            return lead
+        path = broadcast(str(lead.tmp_path))
+        if WORLD.main:
+            return lead
+        where = path if shared else tempfile.mkdtemp(prefix=f"ertacache-rank{WORLD.rank}-")
+        return RunDir(self.recipe.name, command, self.argv, existing=where, lead=False)
+
+    def finished(self, run: RunDir) -> Path:
+        """The run's final path on every rank (rank 0 renamed it); a follower's scratch folder is removed."""
+        import shutil
+
+        from ..dist import WORLD, barrier, broadcast
+
+        if not WORLD.active:
+            return run.final_path
+        barrier()
+        if not WORLD.main and Path(run.tmp_path).name.startswith("ertacache-rank"):
+            shutil.rmtree(run.tmp_path, ignore_errors=True)
+        return Path(broadcast(str(run.final_path) if WORLD.main else None))
 
     def start(self, run: RunDir, command: str, seeds: list[int]) -> None:
-        """The files every run directory holds: resolved recipe, exact command line, environment."""
+        """The files every run directory holds: resolved recipe, exact command line, environment (rank 0)."""
+        from ..dist import WORLD
+
+        if not WORLD.main:
+            return
         run.write_text("recipe.yaml", self.recipe.to_yaml(absolute_paths=True))
         run.write_json("argv.json", {"argv": self.argv, "cwd": os.getcwd(), "command": command})
         run.write_json("env.json", env_info(self.device, self.recipe.model.dtype, seeds))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def progress_bar(quiet: bool = False):
@@ -109,6 +159,19 @@ def calibration_pass(job: "Job", controller, samples: "Samples", label: str):
             progress_bar(job.quiet) as bar:
         task = bar.add_task(label, total=job.recipe.sampling.steps)
         return session.run_batch(job.recipe, samples.prompts, samples.seeds, on_step=lambda: bar.advance(task))
+
+
+def gather_rows(idx: list[int], t):
+    """Rows of `t` computed on each rank for sample indices `idx`, put back in sample order (on every rank)."""
+    import torch
+
+    from ..dist import WORLD, gather
+
+    if not WORLD.active:
+        return t
+    parts = gather((idx, t.cpu()))
+    order = sorted((i, k, j) for k, (ids, _) in enumerate(parts) for j, i in enumerate(ids))
+    return torch.stack([parts[k][1][j] for _, k, j in order])
 
 
 def read_json(path: Path) -> dict:

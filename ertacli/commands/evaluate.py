@@ -18,8 +18,11 @@ def baseline_for(job: Job, samples: Samples) -> Path:
         return (d.get("kind") == "baseline" and d.get("recipe_key") == job.key and d.get("device") == job.device
                 and d.get("dtype") == job.recipe.model.dtype and d.get("samples", {}).get("digest") == digest)
 
-    found = find_run(job.recipe.name, "generate", GENERATE_FILE, match)
-    return found if found is not None else run_generate(job, samples, None)
+    from ..dist import WORLD, broadcast
+
+    found = find_run(job.recipe.name, "generate", GENERATE_FILE, match) if WORLD.main else None
+    found = broadcast(str(found) if found else None)
+    return Path(found) if found is not None else run_generate(job, samples, None)
 
 
 def paired_timing(job: Job, samples: Samples, method, baseline=None) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..plan import Plan, check_plan, coeffs_from, load_plan
-from .common import Job, Samples, calibration_pass, load_tensors, save_tensors
+from .common import Job, Samples, calibration_pass, gather_rows, load_tensors, save_tensors
 from .profile import load_profile
 
 MODES = ("auto", "on", "off")
@@ -32,8 +32,9 @@ def fit_pass(job: Job, plan: Plan, profile: dict, samples: Samples, adjust: bool
     ctl = FitController(plan.steps, plan.cached_sets(), {b: r["dv"] for b, r in profile["stats"].items()},
                         plan.base_sigmas, adjust, rectify, fc.rectify_form, fc.granularity,
                         job.loaded.backbone.channel_dim, plan.residual)
-    out = calibration_pass(job, ctl, samples, f"fit adjust={adjust} rectify={rectify}")
-    return ctl, out.latents
+    idx, mine = samples.mine()
+    out = calibration_pass(job, ctl, mine, f"fit adjust={adjust} rectify={rectify}")
+    return ctl, gather_rows(idx, out.latents)
 
 
 def apply_controller(job: Job, plan: Plan, coeffs=None, sigmas=None):
@@ -48,8 +49,12 @@ def apply_controller(job: Job, plan: Plan, coeffs=None, sigmas=None):
 
 
 def _holdout_mse(job: Job, plan: Plan, samples: Samples, ref, coeffs, sigmas) -> float:
-    out = calibration_pass(job, apply_controller(job, plan, coeffs, sigmas), samples, "validate on held-out")
-    return float(((out.latents.double() - ref.double()) ** 2).mean())
+    from ..dist import all_sum
+
+    idx, mine = samples.mine()
+    out = calibration_pass(job, apply_controller(job, plan, coeffs, sigmas), mine, "validate on held-out")
+    sq = all_sum(float(((out.latents.double() - ref[idx].double()) ** 2).sum()))
+    return sq / all_sum(float(out.latents.numel()))
 
 
 def _candidates(adjust: str, rectify: str) -> list[tuple[bool, bool]]:
@@ -137,7 +142,7 @@ def run_fit(job: Job, plan_path: str, adjust: str | None = None, rectify: str | 
         run.write_json("fit.json", {"source_plan": str(folder), **final.fit})
         if best["latents"] is not None:
             save_tensors(run.file("fit_latents.safetensors"), {"latents": best["latents"]})
-    return run.final_path, final
+    return job.finished(run), final
 
 
 def _choose(results: list[dict], validate: bool) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from .common import Job, Samples, progress_bar, save_tensors
@@ -9,7 +11,7 @@ from .common import Job, Samples, progress_bar, save_tensors
 GENERATE_FILE = "generate.json"
 
 
-def _save_media(run, i: int, media, video: bool) -> str:
+def _save_media(run_path: Path, i: int, media, video: bool) -> str:
     """Write sample i as PNG, or as MP4 plus its uint8 frames tensor; returns the main file's name."""
     import torch
 
@@ -17,55 +19,110 @@ def _save_media(run, i: int, media, video: bool) -> str:
 
     if not video:
         name = f"samples/{i:03d}.png"
-        save_image(media, run.file(name))
+        save_image(media, run_path / name)
         return name
     name = f"samples/{i:03d}.mp4"
-    save_video(media, run.file(name))
-    save_tensors(run.file(f"samples/{i:03d}.frames.safetensors"), {"frames": torch.from_numpy(to_uint8(media))})
+    (run_path / "samples").mkdir(parents=True, exist_ok=True)
+    save_video(media, run_path / name)
+    save_tensors(run_path / f"samples/{i:03d}.frames.safetensors", {"frames": torch.from_numpy(to_uint8(media))})
     return name
 
 
-def generate_samples(job: Job, samples: Samples, method, label: str = "generate"):
-    """Run samples one at a time, after untimed warm-up calls; returns table rows and results."""
-    rows, results = [], []
+def _write_record(run_path: Path, row: dict, latents) -> None:
+    """One finished sample: its latents, then its record, each written under a temporary name and renamed."""
+    from safetensors.torch import save_file
+
+    lat = run_path / f"latents/{row['index']:03d}.safetensors"
+    lat.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents.contiguous()}, str(lat) + ".part")
+    os.replace(str(lat) + ".part", lat)
+    rec = run_path / f"records/{row['index']:03d}.json"
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.with_suffix(".part").write_text(json.dumps(row))
+    os.replace(rec.with_suffix(".part"), rec)
+
+
+def done_indices(run_path: Path) -> set[int]:
+    """Samples a (possibly interrupted) generate run already finished."""
+    return {int(p.stem) for p in (run_path / "records").glob("*.json")}
+
+
+def generate_samples(job: Job, samples: Samples, method, run_path: Path, todo: list[int],
+                     label: str = "generate") -> None:
+    """Run the samples `todo` one at a time after untimed warm-up calls; each is saved as soon as it is done."""
+    video = job.loaded.backbone.media == "video"
     with method, progress_bar(job.quiet) as bar:
-        for _ in range(job.recipe.eval.warmup):
-            method.run(samples.prompts[0], samples.seeds[0])
-        task = bar.add_task(label, total=len(samples))
-        for i, (prompt, seed) in enumerate(zip(samples.prompts, samples.seeds)):
-            out, nfe, cached = method.run(prompt, seed)
-            rows.append({"index": i, "prompt": prompt, "seed": seed, "nfe": nfe, "cached_calls": cached,
-                         "seconds": out.seconds})
-            results.append(out)
+        for _ in range(job.recipe.eval.warmup if todo else 0):
+            method.run(samples.prompts[todo[0]], samples.seeds[todo[0]])
+        task = bar.add_task(label, total=len(todo))
+        for i in todo:
+            out, nfe, cached = method.run(samples.prompts[i], samples.seeds[i])
+            row = {"index": i, "prompt": samples.prompts[i], "seed": samples.seeds[i], "nfe": nfe,
+                   "cached_calls": cached, "seconds": out.seconds}
+            row["file"] = _save_media(run_path, i, out.media[0], video)
+            _write_record(run_path, row, out.latents[0])
             bar.advance(task)
-    return rows, results
 
 
-def run_generate(job: Job, samples: Samples, plan_path: str | None = None, method=None) -> Path:
-    """Write a generate run directory (with a plan, uncached, or with `method`); returns its path."""
+def _merge(run, samples: Samples, video: bool) -> None:
+    """Rank 0, once every sample exists: samples table, one latents file, the grid."""
     import pandas as pd
 
     from ..media import save_grid
     from ..tables import save_table
+    from .common import load_tensors
+
+    rows = [json.loads((run.path / f"records/{i:03d}.json").read_text()) for i in range(len(samples))]
+    lat = {f"sample.{i}": load_tensors(run.path / f"latents/{i:03d}.safetensors")["latents"] for i in range(len(rows))}
+    save_tensors(run.file("latents.safetensors"), lat)
+    if not video:
+        save_grid(load_outputs(run.path, rows), run.file("grid.png"), nrow=min(len(rows), 8))
+    save_table(pd.DataFrame(rows), run.path, "samples")
+
+
+def resume_inputs(job: Job, run_dir: str | Path) -> tuple[Samples, str | None]:
+    """The samples and plan of an interrupted generate run directory."""
+    from ..errors import UserError
+    from .common import read_json
+
+    p = Path(run_dir)
+    if not (p / "inputs.json").is_file() or not p.name.startswith(".tmp-generate-"):
+        raise UserError(f"{p} is not an interrupted generate run (look for results/<recipe>/.tmp-generate-*)")
+    info = read_json(p / "inputs.json")
+    if info["method"]["kind"] == "peer":
+        raise UserError(f"{p} was made with a peer cache; re-run `ertacache eval --compare` instead of resuming")
+    return Samples(info["samples"]["prompts"], info["samples"]["seeds"]), info["method"]["plan"]
+
+
+def run_generate(job: Job, samples: Samples, plan_path: str | None = None, method=None,
+                 resume: str | Path | None = None) -> Path:
+    """Write a generate run directory (with a plan, uncached, or with `method`); returns its path.
+
+    Under torchrun each rank takes its shard of samples; `resume` continues an interrupted run directory.
+    """
+    from ..dist import WORLD, barrier
     from .methods import PlanMethod
 
     method = method or PlanMethod(job, plan_path)
-    rows, results = generate_samples(job, samples, method)
     video = job.loaded.backbone.media == "video"
-    with job.rundir("generate") as run:
-        job.start(run, "generate", samples.seeds)
-        for row, out in zip(rows, results):
-            row["file"] = _save_media(run, row["index"], out.media[0], video)
-        save_tensors(run.file("latents.safetensors"),
-                     {f"sample.{r['index']}": out.latents[0] for r, out in zip(rows, results)})
-        if not video:
-            save_grid([out.media[0] for out in results], run.file("grid.png"), nrow=min(len(results), 8))
-        save_table(pd.DataFrame(rows), run.path, "samples")
-        run.write_json(GENERATE_FILE, {
-            "recipe_key": job.key, **method.info, "samples": samples.to_json(), "device": job.device,
-            "dtype": job.recipe.model.dtype, "media": "video" if video else "image",
-        })
-    return run.final_path
+    with job.rundir("generate", resumable=True, existing=resume, shared=True) as run:
+        if resume is None:
+            job.start(run, "generate", samples.seeds)
+            if WORLD.main:
+                run.write_json("inputs.json", {"samples": samples.to_json(), "method": method.info})
+        barrier()
+        done = done_indices(run.path)
+        todo = [i for i in WORLD.shard(len(samples)) if i not in done]
+        generate_samples(job, samples, method, run.path, todo)
+        barrier()
+        if WORLD.main:
+            _merge(run, samples, video)
+            run.write_json(GENERATE_FILE, {
+                "recipe_key": job.key, **method.info, "samples": samples.to_json(), "device": job.device,
+                "dtype": job.recipe.model.dtype, "media": "video" if video else "image",
+                "resumed": resume is not None,
+            })
+    return job.finished(run)
 
 
 def load_outputs(run_dir: Path, rows: list[dict]) -> list:

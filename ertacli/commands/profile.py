@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Job, calibration_pass, find_run, read_json, save_tensors
+from .common import Job, calibration_pass, find_run, gather_rows, read_json, save_tensors
 
 PROFILE_FILE = "profile.json"
 
@@ -15,6 +15,7 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
     import pandas as pd
     import torch
 
+    from ..dist import all_sum
     from ..engine import RecordController
     from ..media import to_uint8
     from ..tables import save_table
@@ -24,9 +25,13 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
     rec = RecordController(T, job.recipe.cache.residual, keep_tensors=keep_tensors)
     with job.rundir("profile") as run:
         job.start(run, "profile", samples.seeds)
-        out = calibration_pass(job, rec, samples, f"profile ({len(samples)} samples)")
-        stats = {b: dict(rows, dR_rel=[d / r if r > 0 else 0.0 for d, r in zip(rows["dR"], rows["R"])])
+        idx, mine = samples.mine()
+        out = calibration_pass(job, rec, mine, f"profile ({len(samples)} samples)")
+        stats = {b: {key: all_sum(torch.tensor(vals, dtype=torch.float64)).tolist() for key, vals in rows.items()}
                  for b, rows in rec.stats.items()}
+        stats = {b: dict(rows, dR_rel=[d / r if r > 0 else 0.0 for d, r in zip(rows["dR"], rows["R"])])
+                 for b, rows in stats.items()}
+        latents, media = gather_rows(idx, out.latents), gather_rows(idx, out.media)
         run.write_json(PROFILE_FILE, {
             "recipe": job.recipe.name, "recipe_key": job.key, "steps": T,
             "residual": job.recipe.cache.residual, "branches": list(rec.stats),
@@ -35,14 +40,14 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
             "base_sigmas": out.sigmas, "sample_shape": rec.shapes, "calibration": samples.to_json(),
             "seconds": out.seconds, "stats": stats,
         })
-        save_tensors(run.file("baseline_latents.safetensors"), {"latents": out.latents})
-        save_tensors(run.file("baseline_media.safetensors"), {"media": torch.from_numpy(to_uint8(out.media))})
+        save_tensors(run.file("baseline_latents.safetensors"), {"latents": latents})
+        save_tensors(run.file("baseline_media.safetensors"), {"media": torch.from_numpy(to_uint8(media))})
         if keep_tensors:
             save_tensors(run.file("residuals.safetensors"), rec.tensors)
         rows = [{"branch": b, "step": k, **{key: stats[b][key][k] for key in ("R", "dR_rel", "v", "dv")}}
                 for b in stats for k in range(T)]
         save_table(pd.DataFrame(rows), run.path, "stats")
-    return run.final_path
+    return job.finished(run)
 
 
 def profile_matches(job: Job):

@@ -18,7 +18,7 @@ def search_plan(job: Job, profile: dict, profile_dir: Path, lam: float) -> Plan:
     T = job.recipe.sampling.steps
     gt = {b: rows["R"] for b, rows in profile["stats"].items()}
     ctl = SearchController(T, lam, gt, job.recipe.cache.residual)
-    calibration_pass(job, ctl, samples, f"search lambda={lam:g}")
+    calibration_pass(job, ctl, samples.mine()[1], f"search lambda={lam:g}")
     branches = list(profile["branches"])
     return Plan(
         recipe=job.recipe.name, recipe_key=job.key, model_id=model_id(job.recipe), steps=T,
@@ -85,4 +85,4 @@ def run_search(job: Job, lambdas: list[float], profile_dir: str | None = None,
         save_table(df, run.path, "summary")
         run.write_json("search.json", {"profile_run": str(pdir), "lambdas": [p.lam for p in plans],
                                        "target": {"cached_steps": cached_steps, "speedup": target_speedup}})
-    return run.final_path, df
+    return job.finished(run), df

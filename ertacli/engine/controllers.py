@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import torch
 
+from ..dist import all_sum
 from .rectify import RectStats, rectify, sigmoid_coeffs
 from .schedule import LiveSchedule, phi_value
 
@@ -94,7 +95,7 @@ class SearchController(Controller):
         R = st.residual
         if 0 < k < self.T - 1 and st.cached is not None:
             den = self.gt[call.branch][k]
-            num = l1(st.cached - R)
+            num = all_sum(l1(st.cached - R))
             e = num / den if den > 0 else (0.0 if num == 0 else float("inf"))
             self.errors[call.branch][k] = e
             if e < self.lam:
@@ -174,11 +175,11 @@ class FitController(Controller):
             return call.wrap(self._computed(call))
         vt = call.skipped(st.cached)
         v = call.compute()
-        self.phi_num[k] += l1(vt - v)
+        self.phi_num[k] += all_sum(l1(vt - v))
         self.phi_branches[k].append(call.branch)
         self.n_cached[call.branch] += 1
         if self.rectify_on:
-            stats = RectStats.from_batch(vt, vt - v, self.granularity, self.channel_dim)
+            stats = RectStats.from_batch(vt, vt - v, self.granularity, self.channel_dim).reduced()
             pq = sigmoid_coeffs(stats) if self.form == "sigmoid" else stats.solve()
             self.coeffs[call.branch][k] = pq
             vt = rectify(vt, pq[0], pq[1], self.form, self.granularity, self.channel_dim)

@@ -52,6 +52,12 @@ class RectStats:
         return RectStats(self.n + other.n, self.sv + other.sv, self.svv + other.svv,
                          self.se + other.se, self.sve + other.sve)
 
+    def reduced(self) -> "RectStats":
+        """The statistics summed over every rank of a distributed run (unchanged in one process)."""
+        from ..dist import all_sum
+
+        return RectStats(*(all_sum(t) for t in (self.n, self.sv, self.svv, self.se, self.sve)))
+
     def solve(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Closed form a = S_ve / S_vv, b = mean(eps) - a mean(v~) (centred sums; S_vv = 0 gives a = 0)."""
         mv, me = self.sv / self.n, self.se / self.n

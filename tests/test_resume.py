@@ -1,0 +1,54 @@
+"""Interrupted runs: a signal midway leaves a resumable directory; --resume finishes it, no sample run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import torch
+from safetensors.torch import load_file
+
+import ertacli.backbones.runner as runner
+from test_cli import FAST, cli, results, runs  # noqa: F401  (fixture)
+
+ARGS = ["generate", "-m", "tiny-flux-random", "--prompt", "a seven", "--prompt", "a two", "--seed", "0",
+        "--seed", "1", *FAST]
+
+
+def test_interrupt_then_resume_equals_uninterrupted(results, monkeypatch, capsys):  # noqa: F811
+    assert cli(monkeypatch, capsys, *ARGS)[0] == 0
+    (reference,) = runs(results, "tiny-flux-random", "generate")
+
+    calls: list[tuple] = []
+    real = runner.run_batch
+
+    def counting(loaded, recipe, prompts, seeds, on_step=None):
+        calls.append((tuple(prompts), tuple(seeds)))
+        if len(calls) == 3 and os.environ.get("ERTA_TEST_KILL") == "1":
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal after 2 finished samples
+        return real(loaded, recipe, prompts, seeds, on_step=on_step)
+
+    monkeypatch.setattr(runner, "run_batch", counting)
+    monkeypatch.setenv("ERTA_TEST_KILL", "1")
+    code, _, err = cli(monkeypatch, capsys, *ARGS)
+    assert code == 130
+    (partial,) = [p for p in (results / "tiny-flux-random").iterdir() if p.name.startswith(".tmp-generate-")]
+    assert (partial / "INCOMPLETE").is_file()
+    done = sorted(p.name for p in (partial / "records").glob("*.json"))
+    assert done == ["000.json", "001.json"]
+    assert not any(p.name.startswith("generate-") and p != reference for p in (results / "tiny-flux-random").iterdir())
+
+    monkeypatch.setenv("ERTA_TEST_KILL", "0")
+    first = list(calls)
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--resume", str(partial), *FAST)
+    assert code == 0, err
+    resumed = calls[len(first):]
+    assert len(resumed) == 2 and set(resumed).isdisjoint(first[:2])
+    assert sorted(first[:2] + resumed) == sorted(set(first[:2] + resumed))  # every sample computed once
+    final = [p for p in runs(results, "tiny-flux-random", "generate") if p != reference]
+    assert len(final) == 1 and not partial.exists()
+    a, b = load_file(str(reference / "latents.safetensors")), load_file(str(final[0] / "latents.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (final[0] / "samples.csv").read_text().splitlines()
+    assert len(rows) == 5 and json.loads((final[0] / "generate.json").read_text())["resumed"] is True
