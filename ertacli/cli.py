@@ -231,6 +231,25 @@ def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(
     console.print(f"[bold]run directory:[/bold] {path}")
 
 
+@app.command("estimate")
+def estimate_cmd(prompts: int = typer.Option(..., "--prompts", help="Number of eval prompts."),
+                 seeds: int = typer.Option(5, "--seeds", help="Videos per prompt."),
+                 baseline_seconds: float = typer.Option(..., "--baseline-seconds", help="Measured uncached latency per video."),
+                 cached_seconds: float = typer.Option(..., "--cached-seconds", help="Measured cached latency per video."),
+                 gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts, comma list."),
+                 calibration_prompts: int = typer.Option(0, "--calibration-prompts"),
+                 calibration_passes: int = typer.Option(0, "--calibration-passes", help="profile + search + fit passes.")) -> None:
+    """Expected wall time of a data-parallel eval (baseline + cached) on N GPUs, from measured latencies."""
+    from .commands.estimate import estimate_rows
+
+    try:
+        counts = [int(g) for g in gpus.split(",")]
+    except ValueError:
+        raise UserError(f"--gpus: {gpus!r} is not a comma list of integers (e.g. 1,8,64)")
+    _show(estimate_rows(prompts, seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
+                        calibration_prompts), "estimated wall time (hours), perfect data parallelism over prompts")
+
+
 def main() -> None:
     """Console entry point: user errors print one line and exit 2."""
     try:

@@ -52,3 +52,13 @@ def test_interrupt_then_resume_equals_uninterrupted(results, monkeypatch, capsys
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = (final[0] / "samples.csv").read_text().splitlines()
     assert len(rows) == 5 and json.loads((final[0] / "generate.json").read_text())["resumed"] is True
+
+
+def test_estimate_arithmetic():
+    from ertacli.commands.estimate import estimate_rows
+
+    rows = estimate_rows(prompts=10, seeds=3, baseline_s=36.0, cached_s=18.0, gpus=[1, 4],
+                         calibration_passes=2, calibration_prompts=5)
+    assert rows[0]["videos_per_gpu"] == 30 and rows[1]["videos_per_gpu"] == 8
+    assert rows[0]["total_hours"] == (30 * 54 + 2 * 5 * 36) / 3600
+    assert rows[1]["total_hours"] == (8 * 54 + 2 * 2 * 36) / 3600
