@@ -58,12 +58,15 @@ class ModelCfg(_Strict):
     tiny: dict[str, Any] = Field(default_factory=dict)
     scheduler: Optional[Literal["flow-euler"]] = None
     text_encoder: Literal["pipeline", "hash", "minilm"] = "pipeline"  # hash/minilm: offline prompt_embeds
+    adapter: Optional[str] = None  # pipeline "adapter": "package.module:function" or "path/file.py:function"
 
     @model_validator(mode="after")
     def _pretrained_needs_path(self) -> "ModelCfg":
         """A pretrained source needs a hub id or local directory."""
         if self.source == "pretrained" and not self.path:
             raise ValueError("model.path (hub id or local directory) is required when source is 'pretrained'")
+        if (self.pipeline == "adapter") != bool(self.adapter):
+            raise ValueError("pipeline 'adapter' and model.adapter ('package.module:function') go together")
         return self
 
 
@@ -138,6 +141,13 @@ class Recipe(_Strict):
     fit: FitCfg = Field(default_factory=FitCfg)
 
     _source_path: Optional[Path] = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _adapter_needs_latent(self) -> "Recipe":
+        """An adapter model hides its block stack: only latent-space residuals can be cached."""
+        if self.model.adapter and self.cache.residual != "latent":
+            raise ValueError("an adapter model exposes no block stack; set cache.residual: latent")
+        return self
 
     @property
     def source_path(self) -> Optional[Path]:

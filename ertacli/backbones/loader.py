@@ -28,6 +28,7 @@ class Loaded:
     encoder: PromptEncoder
     device: str
     dtype: Any  # torch.dtype
+    compile: bool = False  # torch.compile the transformer's blocks (the whole transformer in latent mode)
 
     @property
     def transformer(self) -> Any:
@@ -214,7 +215,11 @@ def load_pipeline(recipe, device: str) -> Loaded:
     """Load the recipe's pipeline onto device, in recipe.model.dtype, progress bar off."""
     backbone = get_backbone(recipe.model.pipeline)
     dtype = torch_dtype(recipe.model.dtype)
-    if recipe.model.source == "tiny":
+    if getattr(recipe.model, "adapter", None):
+        from ertacli.backbones.adapter import load_adapter
+
+        pipe, backbone, encoder = load_adapter(recipe, device, dtype)
+    elif recipe.model.source == "tiny":
         pipe, encoder = _load_tiny(recipe, backbone)
     elif recipe.model.source == "pretrained":
         pipe, encoder = _load_pretrained(recipe, backbone, dtype)
