@@ -41,7 +41,7 @@ class Session:
         self._scheduler = pipe.scheduler
         bb = self.loaded.backbone
         apply_ertacache(pipe.transformer, bb.block_lists, self.controller, self.controller.residual,
-                        self.micro_batch, bb.unbatched_args)
+                        self.micro_batch, bb.unbatched_args, getattr(bb, "default_branch", "default"))
         try:
             if self.controller.schedule is not None:
                 pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)

@@ -38,8 +38,9 @@ class BranchState(BaseState):
 
 
 def _ensure_context(states: StateManager) -> None:
+    """Pipelines that set no cache_context run under the backbone's registered default branch name."""
     if states._context is None:
-        states.set_context(CacheContext(name=DEFAULT_BRANCH))
+        states.set_context(CacheContext(name=getattr(states, "default_branch", DEFAULT_BRANCH)))
 
 
 class TransformerCall:
@@ -233,10 +234,12 @@ def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[
 
 
 def apply_ertacache(transformer: torch.nn.Module, block_lists: tuple[str, ...], controller,
-                    residual: str = "hidden", micro_batch: int = 0, unbatched: tuple[str, ...] = ()) -> StateManager:
+                    residual: str = "hidden", micro_batch: int = 0, unbatched: tuple[str, ...] = (),
+                    default_branch: str = DEFAULT_BRANCH) -> StateManager:
     """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `controller`."""
     remove_ertacache(transformer)
     states = StateManager(BranchState)
+    states.default_branch = default_branch
     if residual == "hidden":
         blocks = _blocks(transformer, block_lists)
         for i, block in enumerate(blocks[1:], start=1):
