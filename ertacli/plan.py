@@ -19,8 +19,10 @@ FORMAT = 1
 
 def recipe_key(recipe) -> str:
     """Digest of what a plan depends on: the model, the sampling settings and the residual space."""
-    data = {"model": recipe.model.model_dump(), "sampling": recipe.sampling.model_dump(),
-            "residual": recipe.cache.residual}
+    from .recipe import RUNTIME_MODEL_FIELDS
+
+    model = {k: v for k, v in recipe.model.model_dump().items() if k not in RUNTIME_MODEL_FIELDS}
+    data = {"model": model, "sampling": recipe.sampling.model_dump(), "residual": recipe.cache.residual}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -24,7 +24,14 @@ def check_adjustable(scheduler) -> None:
     if name not in ADJUSTABLE or getattr(scheduler.config, "stochastic_sampling", False):
         raise AdjustmentRefused(
             f"timestep adjustment is valid only for Euler flow-matching schedulers ({', '.join(ADJUSTABLE)}); "
-            f"this pipeline uses {name}: fit with --adjust off, or set model.scheduler=flow-euler")
+            f"this pipeline uses {name}: fit with --adjust off"
+            + (", or set model.scheduler=flow-euler" if _flow_prediction(scheduler) else ""))
+
+
+def _flow_prediction(scheduler) -> bool:
+    """Whether the model predicts flow (so an Euler flow-matching scheduler can replace its own)."""
+    cfg = scheduler.config
+    return bool(getattr(cfg, "use_flow_sigmas", False) or getattr(cfg, "prediction_type", "") == "flow_prediction")
 
 
 class Session:
@@ -41,7 +48,8 @@ class Session:
         self._scheduler = pipe.scheduler
         bb = self.loaded.backbone
         apply_ertacache(pipe.transformer, bb.block_lists, self.controller, self.controller.residual,
-                        self.micro_batch, bb.unbatched_args, getattr(bb, "default_branch", "default"))
+                        self.micro_batch, bb.unbatched_args, getattr(bb, "default_branch", "default"),
+                        compile=getattr(self.loaded, "compile", False))
         try:
             if self.controller.schedule is not None:
                 pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)
