@@ -27,3 +27,24 @@ train-tiny: $(STAMP)
 
 clean-results:
 	find results -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+# Paper benchmarks: profile -> search -> fit -> generate -> eval with the paper's lambdas, one results table
+# (results/<recipe>/bench-*/bench.md, resources.json). Without a GPU or the weights they stop at once with one line
+# naming what is missing and the command that gets it. CI without a GPU, tiny random weights of the same classes:
+#   make bench-flux BENCH_DEVICE=cpu BENCH_SET='$(BENCH_TINY)'
+BENCH_DEVICE ?= cuda
+BENCH_SET ?=
+BENCH_TINY := --set model.source=tiny --set model.dtype=float32 --set sampling.steps=8 --set sampling.height=32 \
+	--set sampling.width=32 --set sampling.frames=5 --set eval.warmup=0 --set eval.timing_rounds=1 \
+	--set eval.timing_samples=1 --samples 2 -q
+
+.PHONY: bench-flux bench-wan bench-cogvideox
+
+bench-flux: $(STAMP)
+	$(BIN)/ertacache bench --model flux --lambda 0.6 --device $(BENCH_DEVICE) $(BENCH_SET)
+
+bench-wan: $(STAMP)
+	$(BIN)/ertacache bench --model wan2.1 --lambda 0.08 --device $(BENCH_DEVICE) $(BENCH_SET)
+
+bench-cogvideox: $(STAMP)
+	$(BIN)/ertacache bench --model cogvideox-2b --lambda 0.08 --lambda 0.3 --device $(BENCH_DEVICE) $(BENCH_SET)

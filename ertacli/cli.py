@@ -21,12 +21,16 @@ ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (recipes
 SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampling.steps=30 (repeatable).")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available, else CPU).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+CompileOpt = typer.Option(False, "--compile", help="torch.compile each transformer block once (first call compiles).")
 
 
-def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False):
+def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False, compile_: bool = False):
     from .commands.common import Job
 
-    return Job.make(model, sets, device, quiet=quiet)
+    job = Job.make(model, sets, device, quiet=quiet)
+    if compile_:
+        job.loaded.compile = True  # every Session on this pipeline runs its blocks compiled (baseline included)
+    return job
 
 
 SHORT = {"cached_steps": "cached", "baseline_nfe": "nfe0", "ideal_speedup": "ideal", "predicted_speedup": "pred.",
@@ -142,13 +146,14 @@ def generate_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None,
                  prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file, one per line."),
                  seed: Optional[List[int]] = typer.Option(None, "--seed", help="Seed (repeatable; default: recipe eval seeds)."),
                  resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run directory."),
-                 sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+                 sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+                 compile_: bool = CompileOpt) -> None:
     """Run the pipeline uncached or with a plan; saves media, latents, NFE and time per sample."""
     import pandas as pd
 
     from .commands.generate import resume_inputs, run_generate
 
-    job = _job(model, sets, device, quiet)
+    job = _job(model, sets, device, quiet, compile_)
     if resume:
         samples, plan = resume_inputs(job, resume)
         path = run_generate(job, samples, plan, resume=resume)
@@ -168,11 +173,12 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
              min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Quality gate: fail if mean PSNR is lower."),
              max_lpips: Optional[float] = typer.Option(None, "--max-lpips", help="Quality gate: fail if mean LPIPS is higher."),
              vbench: bool = typer.Option(False, "--vbench", help="VBench's standard dimensions (pip install 'ertacache[vbench]')."),
-             sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
+             sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+             compile_: bool = CompileOpt) -> None:
     """Quality (PSNR, SSIM, ...) and measured speedup against the uncached baseline; optional quality gate."""
     from .commands.evaluate import quality_gate, run_eval
 
-    job = _job(model, sets, device, quiet)
+    job = _job(model, sets, device, quiet, compile_)
     path, summary, peers = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run, with_peers=compare, vbench=vbench)
     _show([{"quantity": k, "value": v} for k, v in summary.items()], "eval: cached vs uncached baseline")
     if peers:
@@ -248,6 +254,22 @@ def estimate_cmd(prompts: int = typer.Option(..., "--prompts", help="Number of e
         raise UserError(f"--gpus: {gpus!r} is not a comma list of integers (e.g. 1,8,64)")
     _show(estimate_rows(prompts, seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
                         calibration_prompts), "estimated wall time (hours), perfect data parallelism over prompts")
+
+
+@app.command("bench")
+def bench_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
+              samples: Optional[int] = typer.Option(None, "--samples", help="Evaluate on the first N eval samples."),
+              ablation: bool = typer.Option(False, "--ablation/--no-ablation", help="Add the paper's Table 3 rows."),
+              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+              compile_: bool = CompileOpt) -> None:
+    """The paper's setting end to end; stops at once, naming what is missing, without a GPU or the weights."""
+    from .commands.bench import bench_job, run_bench
+
+    job = bench_job(model, sets, device, quiet)
+    if compile_:
+        job.loaded.compile = True
+    path, df = run_bench(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), samples, ablation)
+    _show(df, f"bench: ERTACache on {job.recipe.name} (bench.csv, resources.json)", path)
 
 
 def main() -> None:

@@ -207,3 +207,25 @@ def load_tensors(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} is missing: the run directory is incomplete; re-run the command that made it")
     return load_file(str(path))
+
+
+def peak_memory(device: str) -> dict:
+    """Peak memory so far: CUDA max allocated (and reserved) on a GPU, else this process's peak RSS."""
+    import resource
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        return {"kind": "cuda_max_memory_allocated", "device": str(device),
+                "peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "peak_reserved_bytes": int(torch.cuda.max_memory_reserved(device))}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"kind": "process_peak_rss", "device": str(device),
+            "peak_bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+
+
+def write_resources(run: RunDir, device: str) -> dict:
+    """Record peak memory into the run directory's resources.json (call just before the run completes)."""
+    info = peak_memory(device)
+    run.write_json("resources.json", info)
+    return info

@@ -7,6 +7,8 @@ the others. `apply_ertacache` / `remove_ertacache` attach and detach them; no cl
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import torch
@@ -68,7 +70,7 @@ class TransformerCall:
         """The original forward, in micro-batches when configured; R_k and outputs are re-assembled whole."""
         B, mb = self.x.shape[0], self.hook.micro_batch
         if not mb or B <= mb:
-            out = self.hook.fn_ref.original_forward(*self.args, **self.kwargs)
+            out = self.hook.forward_fn(*self.args, **self.kwargs)
             self._out_template = out
             return out[0] if isinstance(out, tuple) else out.sample
         st, inject, outs, residuals = self.state, self.state.inject, [], []
@@ -77,7 +79,7 @@ class TransformerCall:
             st.inject = None if inject is None else inject[a:a + mb]
             if inject is None:
                 st.residual = None
-            out = self.hook.fn_ref.original_forward(*args, **kwargs)
+            out = self.hook.forward_fn(*args, **kwargs)
             self._out_template = out
             outs.append(out[0] if isinstance(out, tuple) else out.sample)
             residuals.append(st.residual)
@@ -148,6 +150,7 @@ class StepHook(ModelHook):
         state: BranchState = self.states.get_state()
         k = state.step
         state.step += 1
+        self.forward_fn = own_forward(self, module) if self.residual == "latent" else self.fn_ref.original_forward
         call = TransformerCall(self, args, kwargs, state, k, self.states.context.name)
         return self.controller.on_call(call)
 
@@ -200,7 +203,7 @@ class StackHeadHook(_BlockHook):
         st.h_in = self._hidden(args, kwargs)
         if st.skip:
             return _block_output(self.meta, args, kwargs, st.h_in + st.inject)
-        return self.fn_ref.original_forward(*args, **kwargs)
+        return own_forward(self, module)(*args, **kwargs)
 
 
 class StackBlockHook(_BlockHook):
@@ -214,11 +217,34 @@ class StackBlockHook(_BlockHook):
         st = self._state()
         if st.skip:
             return _block_output(self.meta, args, kwargs, self._hidden(args, kwargs))
-        out = self.fn_ref.original_forward(*args, **kwargs)
+        out = own_forward(self, module)(*args, **kwargs)
         if self.is_tail:
             h_out = out[self.meta.return_hidden_states_index] if isinstance(out, tuple) else out
             st.residual = h_out - st.h_in
         return out
+
+
+# Optional regional compilation (Session(..., compile=True)): each block class's own forward is compiled once and
+# shared by its instances (diffusers' compile_repeated_blocks); the hooks' caching logic stays eager, so cached
+# steps (decided before sampling) cause no graph break and no recompilation. Latent mode compiles the transformer.
+_COMPILED: dict[tuple[type, str], Any] = {}
+
+
+def compiled_forward(cls: type) -> Any:
+    """torch.compile of a module class's own `forward` (backend $ERTACACHE_COMPILE_BACKEND, default inductor)."""
+    backend = os.environ.get("ERTACACHE_COMPILE_BACKEND", "inductor")
+    fn = _COMPILED.get((cls, backend))
+    if fn is None:
+        fn = _COMPILED[(cls, backend)] = torch.compile(cls.forward, backend=backend)
+    return fn
+
+
+def own_forward(hook: ModelHook, module: torch.nn.Module) -> Any:
+    """The forward a hook wraps: compiled when the session asks and the hook sits on the module's own forward."""
+    fn = hook.fn_ref.original_forward
+    if getattr(hook.states, "compile", False) and getattr(fn, "__func__", None) is type(module).forward:
+        return functools.partial(compiled_forward(type(module)), module)
+    return fn
 
 
 def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[torch.nn.Module]:
@@ -235,11 +261,12 @@ def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[
 
 def apply_ertacache(transformer: torch.nn.Module, block_lists: tuple[str, ...], controller,
                     residual: str = "hidden", micro_batch: int = 0, unbatched: tuple[str, ...] = (),
-                    default_branch: str = DEFAULT_BRANCH) -> StateManager:
+                    default_branch: str = DEFAULT_BRANCH, compile: bool = False) -> StateManager:
     """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `controller`."""
     remove_ertacache(transformer)
     states = StateManager(BranchState)
     states.default_branch = default_branch
+    states.compile = compile  # regional torch.compile of the blocks (latent mode: of the transformer)
     if residual == "hidden":
         blocks = _blocks(transformer, block_lists)
         for i, block in enumerate(blocks[1:], start=1):
