@@ -101,6 +101,7 @@ class RunDir:
             self.run_name = self.tmp_path.name[len(TMP_PREFIX):]
         self.path = self.tmp_path
         self.final_path: Optional[Path] = None
+        self.on_finish: list = []  # callables run just before a successful run is renamed into place
 
     def __enter__(self) -> "RunDir":
         """Create the temp folder (or adopt an existing one)."""
@@ -123,6 +124,8 @@ class RunDir:
                 shutil.rmtree(self.tmp_path, ignore_errors=True)
             return False
         try:
+            for fn in self.on_finish:
+                fn()
             self.write_text("command.txt", shlex.join(self.argv) + "\n")
             final = self.tmp_path.parent / self.run_name
             os.rename(self.tmp_path, final)

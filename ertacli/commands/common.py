@@ -132,6 +132,11 @@ class Job:
 
         if not WORLD.main:
             return
+        if str(self.device).startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+        run.on_finish.append(lambda: write_resources(run, self.device))
         run.write_text("recipe.yaml", self.recipe.to_yaml(absolute_paths=True))
         run.write_json("argv.json", {"argv": self.argv, "cwd": os.getcwd(), "command": command})
         run.write_json("env.json", env_info(self.device, self.recipe.model.dtype, seeds))
