@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from .common import read_json
 
-SKIP_JSON = {"env.json", "argv.json"}
+SKIP_JSON = {"env.json", "argv.json", "resources.json"}
 VOLATILE = {"created_at", "seconds", "baseline_seconds", "speedup", "utc_time", "profile_run", "plan", "run",
             "baseline", "source_plan", "cwd"}
 
