@@ -34,3 +34,27 @@ def tiny_flux():
 def tiny_wan():
     """(Loaded, Recipe) for tiny-wan (branches cond/uncond) at STEPS sampling steps."""
     return _load("tiny-wan-random")
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `ertacache ARGS` in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from ertacli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ertacache", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def results(tmp_path, monkeypatch):
+    """Run directories under a temporary results/ (and the working directory there)."""
+    monkeypatch.setenv("ERTACACHE_RESULTS", str(tmp_path / "results"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "results"

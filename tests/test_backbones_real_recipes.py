@@ -7,14 +7,13 @@ sizes, so the recipe, the backbone registry entry, the tiny builder and the engi
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from ertacli.backbones import get_backbone
-from ertacli.cli import main
 from ertacli.recipe import list_recipes, read_prompt_file, resolve_recipe
+from conftest import cli
 
 # recipe: (height, width, frames or None, branches the plan must hold)
 CASES = {
@@ -29,23 +28,8 @@ REAL = ("wan2.1", "wan2.1-14b", "flux", "cogvideox-2b", "cogvideox-5b", "hunyuan
 QUICK = ["--set", "eval.warmup=0", "--set", "eval.timing_rounds=1", "--set", "eval.timing_samples=1", "-q"]
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `ertacache ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ertacache", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
-@pytest.fixture()
-def results(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("ERTACACHE_RESULTS", str(tmp_path / "results"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "results"
 
 
 def tiny_sets(recipe: str, prompts: Path) -> list[str]:

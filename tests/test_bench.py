@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from ertacli.cli import main
+from conftest import cli
 
 TINY = ["--set", "model.source=tiny", "--set", "model.dtype=float32", "--set", "sampling.steps=6",
         "--set", "sampling.height=32", "--set", "sampling.width=32", "--set", "eval.warmup=0",
@@ -18,16 +17,6 @@ TINY = ["--set", "model.source=tiny", "--set", "model.dtype=float32", "--set", "
         "--set", "calibration.prompts=../prompts/tiny-calibration.txt", "--samples", "1", "-q"]
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `ertacache ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ertacache", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()

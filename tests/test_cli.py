@@ -11,29 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ertacli.cli import main
+from conftest import cli
 
 FAST = ["--set", "sampling.steps=8", "--set", "eval.warmup=0",
         "--set", "eval.timing_rounds=1", "--set", "eval.timing_samples=1", "-q"]
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `ertacache ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ertacache", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
-@pytest.fixture()
-def results(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("ERTACACHE_RESULTS", str(tmp_path / "results"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "results"
 
 
 def runs(results: Path, recipe: str, command: str) -> list[Path]:

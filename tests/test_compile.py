@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from ertacli.cli import main
+from conftest import cli
 
 STEPS = 6
 CACHED = [[1, 2, 3, 4], [2], [1, 3], []]  # several plans, known before sampling starts
@@ -75,15 +73,6 @@ def test_cached_steps_compile_once(fresh_dynamo, recipe):
         assert torch.equal(a, b)
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ertacache", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_generate_compile_flag_matches_eager(fresh_dynamo, tmp_path, monkeypatch, capsys):

@@ -10,13 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 import ertacli.backbones.runner as runner
-from test_cli import FAST, cli, results, runs  # noqa: F401  (fixture)
+from conftest import cli
+from test_cli import FAST, runs
 
 ARGS = ["generate", "-m", "tiny-flux-random", "--prompt", "a seven", "--prompt", "a two", "--seed", "0",
         "--seed", "1", *FAST]
 
 
-def test_interrupt_then_resume_equals_uninterrupted(results, monkeypatch, capsys):  # noqa: F811
+def test_interrupt_then_resume_equals_uninterrupted(results, monkeypatch, capsys):
     assert cli(monkeypatch, capsys, *ARGS)[0] == 0
     (reference,) = runs(results, "tiny-flux-random", "generate")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Job, Samples, calibration_pass, load_tensors
+from .common import Job, calibration_pass, load_tensors
 
 
 def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path) -> dict:
@@ -51,7 +51,7 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
     """Returns (run dir, table, choice)."""
     import pandas as pd
 
-    from ..plan import find_plan_dir, load_plan
+    from ..plan import find_plan_dir
     from ..plots import plot_error_profile, plot_pareto
     from ..tables import save_table
     from .compare import peer_rows
