@@ -110,10 +110,14 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Optio
                profile: Optional[str] = typer.Option(None, "--profile", help="Profile run directory to use."),
                cached_steps: Optional[int] = typer.Option(None, "--cached-steps", help="Target: smallest lambda caching >= N steps."),
                target_speedup: Optional[float] = typer.Option(None, "--target-speedup", help="Target: smallest lambda predicting >= X."),
+               predictor: Optional[str] = typer.Option(None, "--predictor", help="reuse | extrapolate (default: recipe)."),
+               order: Optional[int] = typer.Option(None, "--order", help="Extrapolation order 1 | 2 (default: recipe)."),
                sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Threshold policy search: one plan per lambda and a summary table."""
     from .commands.search import run_search
 
+    sets = list(sets or []) + ([f"cache.predictor={predictor}"] if predictor else []) \
+        + ([f"cache.order={order}"] if order else [])
     job = _job(model, sets, device, quiet)
     lams = _lambdas(lambdas) or list(job.recipe.search.lambdas)
     path, df = run_search(job, lams, profile, cached_steps, target_speedup)
@@ -125,15 +129,24 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
             model: str = ModelOpt,
             adjust: Optional[str] = typer.Option(None, "--adjust", help="auto | on | off (default: recipe)."),
             rectify: Optional[str] = typer.Option(None, "--rectify", help="auto | on | off (default: recipe)."),
+            gain: Optional[str] = typer.Option(None, "--gain", help="Fitted predictor gain: auto | on | off."),
+            optimize_placement: bool = typer.Option(False, "--optimize-placement", help="Greedy ±1 moves of computed steps."),
+            placement_trials: Optional[int] = typer.Option(None, "--placement-trials", help="Most placement trials."),
             sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Timestep adjustment and error rectification for a plan, validated on held-out prompts."""
     from .commands.fit import run_fit
 
-    path, final = run_fit(_job(model, sets, device, quiet), plan, adjust, rectify)
-    rows = [{"adjust": c["adjust"], "rectify": c["rectify"], "holdout_mse": c["holdout_mse"],
-             "gain_vs_plain": c["gain_vs_plain"],
-             "chosen": (c["adjust"], c["rectify"]) == (final.fit["decision"]["adjust"], final.fit["decision"]["rectify"])}
+    path, final = run_fit(_job(model, sets, device, quiet), plan, adjust, rectify, gain,
+                          optimize_placement or None, placement_trials)
+    dec = final.fit["decision"]
+    rows = [{"adjust": c["adjust"], "rectify": c["rectify"], "gain": c.get("gain", False),
+             "holdout_mse": c["holdout_mse"], "gain_vs_plain": c["gain_vs_plain"],
+             "chosen": (c["adjust"], c["rectify"], c.get("gain", False)) == (dec["adjust"], dec["rectify"],
+                                                                             dec.get("gain", False))}
             for c in final.fit["candidates"]]
+    if final.placement:
+        pl = final.placement
+        console.print(f"placement: calibration L1 {pl['before']:.6g} -> {pl['after']:.6g} in {pl['trials']} trials")
     ph = final.fit["phi_summary"]
     console.print(f"phi over {ph['cached']} cached steps: {ph['zero']} at 0, {ph['partial']} in (0,1), "
                   f"{ph['one']} at 1; min/median/max {ph['min']}/{ph['median']}/{ph['max']}")

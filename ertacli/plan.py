@@ -55,6 +55,7 @@ class Plan:
     method: str = "search"
     predictor: dict = field(default_factory=lambda: {"kind": "reuse", "c": 0.0})
     search_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    placement: dict | None = None
     fit: dict | None = None
     adjusted_sigmas: list[float] | None = None
     rectify: dict | None = None

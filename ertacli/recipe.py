@@ -106,7 +106,10 @@ class EvalCfg(_Strict):
 class CacheCfg(_Strict):
     """Residual cache settings."""
 
-    residual: Literal["hidden", "latent"] = "hidden"
+    residual: Literal["hidden", "latent", "velocity"] = "hidden"
+    predictor: Literal["reuse", "extrapolate"] = "reuse"
+    order: Literal[1, 2] = 1
+    abscissa: Literal["sigma", "index"] = "sigma"
 
 
 class SearchCfg(_Strict):
@@ -124,6 +127,9 @@ class FitCfg(_Strict):
     rectify: Toggle = "auto"
     rectify_form: Literal["linear", "sigmoid"] = "linear"
     granularity: Literal["scalar", "channel", "element"] = "scalar"
+    gain: Toggle = "auto"  # only extrapolate plans have a gain to fit
+    optimize_placement: bool = False
+    placement_trials: int = Field(default=0, ge=0)
 
 
 class Recipe(_Strict):
@@ -144,8 +150,8 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _adapter_needs_latent(self) -> "Recipe":
-        """An adapter model hides its block stack: only latent-space residuals can be cached."""
-        if self.model.adapter and self.cache.residual != "latent":
+        """An adapter model hides its block stack: only latent- or velocity-space residuals can be cached."""
+        if self.model.adapter and self.cache.residual == "hidden":
             raise ValueError("an adapter model exposes no block stack; set cache.residual: latent")
         return self
 

@@ -10,6 +10,15 @@ from .common import Job, calibration_pass
 from .profile import find_or_make_profile
 
 
+def recipe_predictor(job: Job, base_sigmas: list[float]):
+    """The recipe's predictor (`cache.predictor`, `cache.order`, `cache.abscissa`; c = 1 when extrapolating)."""
+    from ..engine.predict import Predictor
+
+    cc = job.recipe.cache
+    return Predictor(cc.predictor, cc.order, cc.abscissa, 1.0 if cc.predictor == "extrapolate" else 0.0,
+                     list(base_sigmas))
+
+
 def search_plan(job: Job, profile: dict, profile_dir: Path, lam: float) -> Plan:
     """One lockstep calibration pass with the threshold decision at lambda."""
     from ..engine import SearchController
@@ -17,14 +26,15 @@ def search_plan(job: Job, profile: dict, profile_dir: Path, lam: float) -> Plan:
     samples = job.calibration()
     T = job.recipe.sampling.steps
     gt = {b: rows["R"] for b, rows in profile["stats"].items()}
-    ctl = SearchController(T, lam, gt, job.recipe.cache.residual)
+    pred = recipe_predictor(job, profile["base_sigmas"])
+    ctl = SearchController(T, lam, gt, job.recipe.cache.residual, pred)
     calibration_pass(job, ctl, samples.mine()[1], f"search lambda={lam:g}")
     branches = list(profile["branches"])
     return Plan(
         recipe=job.recipe.name, recipe_key=job.key, model_id=model_id(job.recipe), steps=T,
         scheduler=profile["scheduler"], residual=job.recipe.cache.residual, base_sigmas=profile["base_sigmas"],
         branches=branches, cached_steps={b: sorted(ctl.cached_steps.get(b, [])) for b in branches},
-        sample_shape=profile["sample_shape"], lam=lam,
+        sample_shape=profile["sample_shape"], lam=lam, predictor=pred.to_json(),
         calibration={**samples.to_json(), "profile_run": str(profile_dir)},
         search_errors={b: {str(k): e for k, e in sorted(ctl.errors[b].items())} for b in branches},
     )

@@ -11,6 +11,7 @@ from collections import defaultdict
 import torch
 
 from ..dist import all_sum
+from .predict import Predictor, fitted_gain
 from .rectify import RectStats, rectify, sigmoid_coeffs
 from .schedule import LiveSchedule, phi_value
 
@@ -25,8 +26,9 @@ class Controller:
 
     schedule: LiveSchedule | None = None
 
-    def __init__(self, T: int, residual: str = "hidden"):
+    def __init__(self, T: int, residual: str = "hidden", predictor: Predictor | None = None):
         self.T, self.residual = T, residual
+        self.predictor = predictor or Predictor()
         self.begin()
 
     def begin(self) -> None:
@@ -45,9 +47,18 @@ class Controller:
         """A full call whose residual becomes the branch's cache."""
         v = call.compute()
         call.state.cached = call.state.residual
+        self._remember(call)
         self.nfe[call.branch] += 1
         self.shapes[call.branch] = list(v.shape[1:])
         return v
+
+    def _remember(self, call) -> None:
+        """Add the call's computed (s_k, R_k) to the branch's predictor history."""
+        self.predictor.push(call.state, self.predictor.at(call.k, self.schedule), call.state.residual)
+
+    def _predict(self, call) -> torch.Tensor:
+        """R^_k for a cached step (the cached R~ itself under reuse)."""
+        return self.predictor.predict(call.state, call.branch, call.k, self.predictor.at(call.k, self.schedule))
 
 
 class RecordController(Controller):
@@ -82,8 +93,9 @@ class RecordController(Controller):
 class SearchController(Controller):
     """search: compute R_k every step; cache k when e_k = ||R~ - R_k|| / ||R^gt_k|| < lambda (paper Alg. 2)."""
 
-    def __init__(self, T: int, lam: float, gt_norms: dict[str, list[float]], residual: str = "hidden"):
-        super().__init__(T, residual)
+    def __init__(self, T: int, lam: float, gt_norms: dict[str, list[float]], residual: str = "hidden",
+                 predictor: Predictor | None = None):
+        super().__init__(T, residual, predictor)
         self.lam, self.gt = lam, gt_norms
         self.cached_steps: dict[str, list[int]] = defaultdict(list)
         self.errors: dict[str, dict[int, float]] = defaultdict(dict)
@@ -95,14 +107,16 @@ class SearchController(Controller):
         R = st.residual
         if 0 < k < self.T - 1 and st.cached is not None:
             den = self.gt[call.branch][k]
-            num = all_sum(l1(st.cached - R))
+            pred = self._predict(call)
+            num = all_sum(l1(pred - R))
             e = num / den if den > 0 else (0.0 if num == 0 else float("inf"))
             self.errors[call.branch][k] = e
             if e < self.lam:
                 self.cached_steps[call.branch].append(k)
                 self.n_cached[call.branch] += 1
-                return call.wrap(call.skipped(st.cached))
+                return call.wrap(call.skipped(pred))
         st.cached = R
+        self._remember(call)
         self.nfe[call.branch] += 1
         return call.wrap(v)
 
@@ -112,9 +126,10 @@ class ApplyController(Controller):
 
     def __init__(self, T: int, cached: dict[str, set[int]], coeffs: dict[str, dict[int, tuple]] | None = None,
                  form: str = "linear", granularity: str = "scalar", channel_dim: int = 1,
-                 schedule: LiveSchedule | None = None, residual: str = "hidden"):
+                 schedule: LiveSchedule | None = None, residual: str = "hidden",
+                 predictor: Predictor | None = None):
         self.schedule = schedule
-        super().__init__(T, residual)
+        super().__init__(T, residual, predictor)
         self.cached = {b: set(s) for b, s in cached.items()}
         self.coeffs = coeffs or {}
         self.form, self.granularity, self.channel_dim = form, granularity, channel_dim
@@ -125,7 +140,7 @@ class ApplyController(Controller):
         if self.schedule is not None:
             call.set_timestep_ratio(self.schedule.ratio(k))
         if k in self.cached.get(call.branch, ()) and st.cached is not None:
-            v = call.skipped(st.cached)
+            v = call.skipped(self._predict(call))
             pq = self.coeffs.get(call.branch, {}).get(k)
             if pq is not None:
                 v = rectify(v, pq[0], pq[1], self.form, self.granularity, self.channel_dim)
@@ -142,18 +157,21 @@ class FitController(Controller):
 
     def __init__(self, T: int, cached: dict[str, set[int]], profile_dv: dict[str, list[float]],
                  base_sigmas: list[float], adjust: bool, rectify_on: bool, form: str = "linear",
-                 granularity: str = "scalar", channel_dim: int = 1, residual: str = "hidden"):
+                 granularity: str = "scalar", channel_dim: int = 1, residual: str = "hidden",
+                 predictor: Predictor | None = None, fit_gain: bool = False):
+        self.fit_gain = fit_gain
         self.schedule = LiveSchedule(base_sigmas, phi_fn=self.phi) if adjust else None
         self.cached = {b: set(s) for b, s in cached.items()}
         self.profile_dv, self.rectify_on = profile_dv, rectify_on
         self.form, self.granularity, self.channel_dim = form, granularity, channel_dim
-        super().__init__(T, residual)
+        super().__init__(T, residual, predictor)
 
     def begin(self) -> None:
         super().begin()
         self.phi_num: dict[int, float] = defaultdict(float)
         self.phi_branches: dict[int, list[str]] = defaultdict(list)
         self.coeffs: dict[str, dict[int, tuple]] = defaultdict(dict)
+        self.gains: dict[str, dict[int, float]] = defaultdict(dict)
 
     def phi(self, k: int) -> float:
         """phi_k from this pass's numerators and the profile's ||v_k - v_{k-1}|| over the branches cached at k."""
@@ -173,8 +191,12 @@ class FitController(Controller):
             call.set_timestep_ratio(self.schedule.ratio(k))
         if k not in self.cached.get(call.branch, ()) or st.cached is None:
             return call.wrap(self._computed(call))
-        vt = call.skipped(st.cached)
-        v = call.compute()
+        if self.fit_gain:
+            v = call.compute()
+            vt = call.skipped(self._gain_prediction(call))
+        else:
+            vt = call.skipped(self._predict(call))
+            v = call.compute()
         self.phi_num[k] += all_sum(l1(vt - v))
         self.phi_branches[k].append(call.branch)
         self.n_cached[call.branch] += 1
@@ -184,3 +206,13 @@ class FitController(Controller):
             self.coeffs[call.branch][k] = pq
             vt = rectify(vt, pq[0], pq[1], self.form, self.granularity, self.channel_dim)
         return call.wrap(vt)
+
+    def _gain_prediction(self, call) -> torch.Tensor:
+        """R1 + c_k P_k with c_k fitted lockstep from this step's true R_k (SPEC "Fitted gain")."""
+        st = call.state
+        P = self.predictor.term(st, self.predictor.at(call.k, self.schedule))
+        if P is None:
+            return st.cached
+        c = fitted_gain(P, st.residual - st.cached, all_sum)
+        self.gains[call.branch][call.k] = c
+        return st.cached + c * P if c != 0.0 else st.cached

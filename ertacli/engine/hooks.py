@@ -92,9 +92,9 @@ class TransformerCall:
         """Full call; afterwards `state.residual` holds R_k in the configured residual space."""
         st = self.state
         st.skip, st.inject = False, None
-        if self.hook.residual == "latent":
+        if self.hook.residual in ("latent", "velocity"):
             v = self._forward()
-            st.residual = v - self.x
+            st.residual = v - self.x if self.hook.residual == "latent" else v
             return v
         st.residual = None
         v = self._forward()
@@ -103,10 +103,12 @@ class TransformerCall:
         return v
 
     def skipped(self, residual: torch.Tensor) -> torch.Tensor:
-        """Cached velocity v~: block stack replaced by h_in + residual (latent space: x + residual, nothing runs)."""
+        """Cached velocity v~: block stack replaced by h_in + residual (latent: x + residual; velocity: residual)."""
         st = self.state
         if self.hook.residual == "latent":
             return self.x + residual
+        if self.hook.residual == "velocity":
+            return residual
         st.skip, st.inject = True, residual
         try:
             return self._forward()
@@ -150,7 +152,7 @@ class StepHook(ModelHook):
         state: BranchState = self.states.get_state()
         k = state.step
         state.step += 1
-        self.forward_fn = own_forward(self, module) if self.residual == "latent" else self.fn_ref.original_forward
+        self.forward_fn = own_forward(self, module) if self.residual != "hidden" else self.fn_ref.original_forward
         call = TransformerCall(self, args, kwargs, state, k, self.states.context.name)
         return self.controller.on_call(call)
 
