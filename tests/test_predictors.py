@@ -92,6 +92,7 @@ def test_velocity_extrapolation_reproduces_taylorseer_lite(tiny_flux):
     ours = _with(loaded, recipe, ctl)
     assert ctl.nfe["cond"] == T - len(cached)
     diff = (ours.latents - ref.latents).abs().max().item()
+    print(f"taylorseer-lite max |diff| = {diff:.3g}")
     assert diff <= 1e-5, diff
 
 
@@ -145,3 +146,40 @@ def test_placement_never_worse_than_start(tiny_wan):
     assert all(0 not in s and T - 1 not in s for s in out.cached_steps.values())
     assert placement_error(job, out, samples, ref) == pl["after"]
     assert placement_error(job, plan, samples, ref) == pl["before"]
+
+
+# ---------------------------------------------------------------- CLI: search --predictor, fit --gain --optimize-placement
+
+def test_cli_extrapolating_search_fit_gain_and_placement(results, monkeypatch, capsys):
+    from safetensors.torch import load_file
+    from conftest import cli
+    from test_cli import FAST, runs
+
+    from ertacli.commands.common import Job, Samples
+    from ertacli.commands.fit import apply_controller
+    from ertacli.plan import load_plan, plan_coeffs
+
+    code, _, err = cli(monkeypatch, capsys, "search", "-m", "tiny-flux-random", "--lambda", "0.5",
+                       "--predictor", "extrapolate", "--order", "2", *FAST)
+    assert code == 0, err
+    plan_dir = sorted(runs(results, "tiny-flux-random", "search")[-1].glob("plans/*"))[0]
+    searched, _ = load_plan(plan_dir)
+    assert searched.predictor == {"kind": "extrapolate", "order": 2, "abscissa": "sigma", "c": 1.0}
+    assert searched.n_cached > 0
+    code, out, err = cli(monkeypatch, capsys, "fit", "-m", "tiny-flux-random", "--plan", str(plan_dir),
+                         "--adjust", "off", "--rectify", "off", "--gain", "on", "--optimize-placement",
+                         "--placement-trials", "3", *FAST)
+    assert code == 0, err
+    assert "placement: calibration L1" in out
+    (fit_run,) = runs(results, "tiny-flux-random", "fit")
+    plan, folder = load_plan(fit_run)
+    assert plan.placement["after"] <= plan.placement["before"] and plan.placement["trials"] <= 3
+    assert plan.nfe == searched.nfe and plan.fit["decision"]["gain"] is True
+    assert isinstance(plan.predictor["c"], dict) and plan.predictor["c"]["cond"]
+    assert set(plan.predictor["c"]["cond"]) <= {str(k) for k in plan.cached_steps["cond"]}
+    job = Job.make("tiny-flux-random", [s for s in FAST if s.startswith(("model", "sampling", "eval", "fit"))], "cpu")
+    fit_set = Samples(plan.fit["fit_samples"]["prompts"], plan.fit["fit_samples"]["seeds"])
+    ctl = apply_controller(job, plan, plan_coeffs(plan, folder), plan.adjusted_sigmas)
+    with Session(job.loaded, ctl) as session:
+        replay = session.run_batch(job.recipe, fit_set.prompts, fit_set.seeds)
+    assert torch.equal(replay.latents, load_file(str(fit_run / "fit_latents.safetensors"))["latents"])
