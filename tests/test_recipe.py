@@ -82,7 +82,7 @@ def test_range_and_enum_errors(rdir):
         resolve_recipe("mine", ["search.lambdas=[0.1, -0.1]"])
     with pytest.raises(UserError, match=r"field 'sampling\.steps': Input should be greater than or equal to 2"):
         resolve_recipe("mine", ["sampling.steps=1"])
-    with pytest.raises(UserError, match=r"field 'cache\.residual': Input should be 'hidden' or 'latent'"):
+    with pytest.raises(UserError, match=r"field 'cache\.residual': Input should be 'hidden', 'latent' or 'velocity'"):
         resolve_recipe("mine", ["cache.residual=both"])
     with pytest.raises(UserError, match=r"field 'calibration\.holdout'"):
         resolve_recipe("mine", ["calibration.holdout=1"])
