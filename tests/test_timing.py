@@ -9,7 +9,7 @@ from ertacli.commands.evaluate import paired_timing
 from ertacli.commands.methods import PlanMethod
 from ertacli.plan import Plan, model_id, recipe_key
 
-SLEEP = 0.1
+SLEEP = 0.2
 
 
 def test_paired_timing_matches_nfe_ratio(tmp_path):
