@@ -72,13 +72,15 @@ def compare(job: Job, cached_dir: Path, base_dir: Path, metric_names: list[str])
     scores = compute_metrics(measured, load_outputs(cached_dir, rows), load_outputs(base_dir, base_rows),
                              prompts=[r["prompt"] for r in rows]) if measured else [{} for _ in rows]
     per = pd.DataFrame([{"index": r["index"], "prompt": r["prompt"], "seed": r["seed"], "nfe": r["nfe"],
-                         "baseline_nfe": b["nfe"], "seconds": r["seconds"], "baseline_seconds": b["seconds"], **s}
+                         "baseline_nfe": b["nfe"], "seconds": r["seconds"], "baseline_seconds": b["seconds"],
+                         "transformer_seconds": r.get("transformer_seconds", float("nan")), **s}
                         for r, b, s in zip(rows, base_rows, scores)])
     t_c, t_b = float(per["seconds"].median()), float(per["baseline_seconds"].median())
     summary = {"run": str(cached_dir), "baseline": str(base_dir), "plan": info.get("plan"),
                "samples": len(per), "nfe": float(per["nfe"].mean()), "baseline_nfe": float(per["baseline_nfe"].mean()),
                "seconds": t_c, "baseline_seconds": t_b, "speedup": t_b / t_c if t_c > 0 else None,
-               "ideal_speedup": float(per["baseline_nfe"].mean() / per["nfe"].mean())}
+               "ideal_speedup": float(per["baseline_nfe"].mean() / per["nfe"].mean()),
+               "transformer_share": float(per["transformer_seconds"].sum() / per["seconds"].sum())}
     summary.update({m: float(per[m].mean()) for m in measured})
     summary.update({m: f"missing: {reason}" for m, reason in missing.items()})
     return per, summary
@@ -107,6 +109,7 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
     if plan_path is not None:
         summary["speedup_runs"] = summary["speedup"]
         summary.update(paired_timing(job, samples, PlanMethod(job, plan_path)))
+        summary["overhead"] = summary["speedup"] / summary["ideal_speedup"]
     if vbench:
         summary.update(vbench_scores(cached_dir))
     peers = []

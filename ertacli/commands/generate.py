@@ -58,7 +58,8 @@ def generate_samples(job: Job, samples: Samples, method, run_path: Path, todo: l
         for i in todo:
             out, nfe, cached = method.run(samples.prompts[i], samples.seeds[i])
             row = {"index": i, "prompt": samples.prompts[i], "seed": samples.seeds[i], "nfe": nfe,
-                   "cached_calls": cached, "seconds": out.seconds}
+                   "cached_calls": cached, "seconds": out.seconds,
+                   "transformer_seconds": out.transformer_seconds}
             row["file"] = _save_media(run_path, i, out.media[0], video)
             _write_record(run_path, row, out.latents[0])
             bar.advance(task)

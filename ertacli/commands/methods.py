@@ -18,6 +18,45 @@ def plan_controller(job: Job, plan_path: str | None):
     return apply_controller(job, plan, plan_coeffs(plan, folder), plan.adjusted_sigmas), plan, folder
 
 
+class TransformerClock:
+    """Wall time spent inside the transformer's calls (plain torch forward hooks; CUDA synchronised)."""
+
+    def __init__(self, transformer, device: str):
+        self.transformer, self.cuda, self.seconds = transformer, str(device).startswith("cuda"), 0.0
+
+    def _now(self) -> float:
+        import time
+
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def __enter__(self) -> "TransformerClock":
+        def pre(*_):
+            self._t0 = self._now()
+
+        def post(*_):
+            self.seconds += self._now() - self._t0
+
+        self._handles = [self.transformer.register_forward_pre_hook(pre),
+                         self.transformer.register_forward_hook(post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def timed_run(job: Job, fn):
+    """(BatchResult, seconds inside the transformer) of one call of `fn`."""
+    with TransformerClock(job.loaded.pipe.transformer, job.device) as clock:
+        out = fn()
+    out.transformer_seconds = clock.seconds
+    return out
+
+
 class PlanMethod:
     """The engine applying a plan; with no plan, every call computed (the uncached baseline)."""
 
@@ -38,7 +77,7 @@ class PlanMethod:
 
     def run(self, prompt: str, seed: int):
         """(BatchResult, NFE, cached calls) of one sample."""
-        out = self.session.run_batch(self.job.recipe, [prompt], [seed])
+        out = timed_run(self.job, lambda: self.session.run_batch(self.job.recipe, [prompt], [seed]))
         if self.plan is not None:
             for b, shape in self.ctl.shapes.items():
                 check_sample_shape(self.plan, b, shape, self.folder)
@@ -73,5 +112,5 @@ class PeerMethod:
         from ..backbones.runner import run_batch
 
         self.counter.calls = 0
-        out = run_batch(self.job.loaded, self.job.recipe, [prompt], [seed])
+        out = timed_run(self.job, lambda: run_batch(self.job.loaded, self.job.recipe, [prompt], [seed]))
         return out, self.counter.calls, None

@@ -11,7 +11,7 @@ from ..errors import UserError
 from .common import read_json
 
 SKIP_JSON = {"env.json", "argv.json", "resources.json"}
-VOLATILE = {"created_at", "seconds", "baseline_seconds", "speedup", "utc_time", "profile_run", "plan", "run",
+VOLATILE = {"created_at", "seconds", "baseline_seconds", "transformer_seconds", "speedup", "utc_time", "profile_run", "plan", "run",
             "baseline", "source_plan", "cwd"}
 
 
