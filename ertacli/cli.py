@@ -238,12 +238,13 @@ def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re
 @app.command("demo")
 def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
              ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Add the paper's Table 3 rows."),
+             samples: int = typer.Option(8, "--samples", help="Evaluate on the first N eval prompts x seeds."),
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """The whole loop on one recipe: profile -> search -> fit -> generate -> eval, one table."""
     from .commands.demo import run_demo
 
     job = _job(model, sets, device, quiet)
-    path, df, abl = run_demo(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), ablation)
+    path, df, abl = run_demo(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), ablation, samples)
     _show(df.drop(columns=["row"]), f"ERTACache on {job.recipe.name}: validated fit per lambda vs uncached")
     if len(abl):
         _show(abl, "ablation (paper Table 3) at one lambda, same cached steps per row")

@@ -56,7 +56,7 @@ def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list
     return rows
 
 
-def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True):
+def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True, max_samples: int = 8):
     """profile -> search (each lambda) -> fit (validated) -> generate -> eval; baseline timed in this process."""
     import pandas as pd
 
@@ -70,6 +70,7 @@ def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True):
     profile_dir = run_profile(job)
     search_dir, summary = run_search(job, lambdas, str(profile_dir))
     samples = job.eval_samples()
+    samples = samples.subset(list(range(min(len(samples), max_samples))))
     base_dir = run_generate(job, samples, None)
     rows = []
     for rel in summary["plan"]:
