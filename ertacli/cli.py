@@ -43,7 +43,11 @@ def _show(df_or_rows, title: str, path: Optional[Path] = None) -> None:
     from .tables import rich_table
 
     df = df_or_rows if isinstance(df_or_rows, pd.DataFrame) else pd.DataFrame(df_or_rows)
+    notes = sorted({v for v in df.to_numpy().ravel() if isinstance(v, str) and v.startswith("missing:")})
+    df = df.map(lambda v: "missing (below)" if isinstance(v, str) and v.startswith("missing:") else v)
     console.print(rich_table(df.rename(columns=SHORT), title))
+    for note in notes:
+        console.print(f"[yellow]{note}[/yellow]", highlight=False)
     if path is not None:
         console.print(f"[bold]run directory:[/bold] {path}")
 
