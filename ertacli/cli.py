@@ -40,11 +40,10 @@ SHORT = {"cached_steps": "cached", "baseline_nfe": "nfe0", "ideal_speedup": "ide
 def _show(df_or_rows, title: str, path: Optional[Path] = None) -> None:
     import pandas as pd
 
-    from .tables import rich_table
+    from .tables import rich_table, split_missing
 
     df = df_or_rows if isinstance(df_or_rows, pd.DataFrame) else pd.DataFrame(df_or_rows)
-    notes = sorted({v for v in df.to_numpy().ravel() if isinstance(v, str) and v.startswith("missing:")})
-    df = df.map(lambda v: "missing (below)" if isinstance(v, str) and v.startswith("missing:") else v)
+    df, notes = split_missing(df)
     console.print(rich_table(df.rename(columns=SHORT), title))
     for note in notes:
         console.print(f"[yellow]{note}[/yellow]", highlight=False)

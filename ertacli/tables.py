@@ -42,13 +42,21 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+def split_missing(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Cells holding a 'missing: <reason>' note become 'missing (below)'; returns the frame and each reason once."""
+    notes = sorted({v for v in df.to_numpy().ravel() if isinstance(v, str) and v.startswith("missing:")})
+    short = df.map(lambda v: "missing (below)" if isinstance(v, str) and v.startswith("missing:") else v)
+    return short, notes
+
+
 def save_table(df: pd.DataFrame, rundir_path: str | Path, stem: str) -> tuple[Path, Path]:
-    """Write <stem>.csv and <stem>.md into the run folder and return both paths."""
+    """Write <stem>.csv (full cells) and <stem>.md (missing-metric reasons once, under the table); return both."""
     folder = Path(rundir_path)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     df.to_csv(csv_path, index=False)
-    md_path.write_text(df.to_markdown(index=False) + "\n", encoding="utf-8")
+    short, notes = split_missing(df)
+    md_path.write_text(short.to_markdown(index=False) + "\n" + "".join(f"\n{n}\n" for n in notes), encoding="utf-8")
     return csv_path, md_path
 
 

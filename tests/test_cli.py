@@ -163,6 +163,8 @@ def test_demo_table_and_ablation(results, monkeypatch, capsys):
     import pandas as pd
 
     table = pd.read_csv(demo / "demo.csv")
+    base, table = table.iloc[0], table.iloc[1:]
+    assert base["row"] == "uncached baseline" and base["nfe"] == 8 and base["ssim"] == 1.0
     assert list(table["lambda"]) == [0.3, 0.8]
     assert {"cached_steps", "nfe", "speedup", "psnr", "ssim"} <= set(table.columns)
     assert (table["nfe"] == 8 - table["cached_steps"]).all()

@@ -217,3 +217,16 @@ def test_clip_loads_checkpoint_file(no_weights, tiny_clip, monkeypatch):
     assert got > 0 and got == pytest.approx(P.clip_score_value(*tiny_clip, img, PROMPT), abs=1e-4)
     cos = P.clip_cosines(*P.load_clip("ErtaTiny", "none"), img, PROMPT)
     assert torch.allclose(cos, P.clip_cosines(*tiny_clip, img, PROMPT), atol=1e-5)
+
+
+def test_saved_markdown_names_each_missing_reason_once(tmp_path):
+    import pandas as pd
+
+    from ertacli.tables import save_table
+
+    why = "missing: metric 'lpips' unavailable: /x/alexnet.pth not found"
+    df = pd.DataFrame({"row": ["a", "b"], "psnr": [30.0, 31.0], "lpips": [why, why]})
+    csv_path, md_path = save_table(df, tmp_path, "t")
+    md = md_path.read_text()
+    assert md.count("missing (below)") == 2 and md.count(why) == 1
+    assert pd.read_csv(csv_path)["lpips"].tolist() == [why, why]

@@ -51,6 +51,13 @@ def minilm_embed(prompts: Sequence[str], max_tokens: int = MAX_TOKENS) -> tuple[
     return tokens, pooled
 
 
+@functools.lru_cache(maxsize=4096)
+def _embed_one(prompt: str, max_tokens: int) -> tuple[Any, Any]:
+    """One prompt's (token states, pooled), independent of what it is batched with (same bits in every run)."""
+    tokens, pooled = minilm_embed([prompt], max_tokens)
+    return tokens[0], pooled[0]
+
+
 class MiniLMTextEncoder:
     """PromptEncoder for tiny pipelines whose transformer takes 384-d MiniLM text states (Flux or Wan style)."""
 
@@ -63,8 +70,11 @@ class MiniLMTextEncoder:
         self.style, self.max_tokens = style, int(max_tokens)
 
     def embed(self, prompts: Sequence[str]) -> tuple[Any, Any]:
-        """Token states (N, max_tokens, 384) and pooled (N, 384)."""
-        return minilm_embed(prompts, self.max_tokens)
+        """Token states (N, max_tokens, 384) and pooled (N, 384); each prompt embedded alone and remembered."""
+        import torch
+
+        rows = [_embed_one(p, self.max_tokens) for p in prompts]
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
     def pipeline_kwargs(self, prompts: Sequence[str], negative_prompt: str | None) -> dict[str, Any]:
         """Flux: prompt_embeds + pooled (+ negatives if given); Wan: prompt + negative embeds ("" if none)."""

@@ -56,6 +56,16 @@ def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list
     return rows
 
 
+def baseline_row(job: Job, base_dir: Path) -> dict:
+    """The uncached baseline's own row: NFE and the reference-free metrics (digit-acc) of its samples."""
+    from .evaluate import compare
+
+    metrics = list(job.recipe.eval.metrics)
+    _, s = compare(job, base_dir, base_dir, metrics)
+    return {"row": "uncached baseline", "lambda": None, "cached_steps": 0, "nfe": s["nfe"],
+            "baseline_nfe": s["baseline_nfe"], "ideal_speedup": 1.0, "speedup": 1.0, **{m: s[m] for m in metrics}}
+
+
 def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True, max_samples: int = 8):
     """profile -> search (each lambda) -> fit (validated) -> generate -> eval; baseline timed in this process."""
     import pandas as pd
@@ -72,7 +82,7 @@ def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True, max_sam
     samples = job.eval_samples()
     samples = samples.subset(list(range(min(len(samples), max_samples))))
     base_dir = run_generate(job, samples, None)
-    rows = []
+    rows = [baseline_row(job, base_dir)]
     for rel in summary["plan"]:
         fit_dir, plan = run_fit(job, str(search_dir / rel))
         row = _row(job, samples, base_dir, find_plan_dir(fit_dir), "ertacache (validated fit)", plan)

@@ -9,6 +9,8 @@ from pathlib import Path
 from .common import Job, Samples, progress_bar, save_tensors
 
 GENERATE_FILE = "generate.json"
+GRID_MAX = 20  # samples shown in grid.png (every sample is saved on its own)
+GRID_FRAMES = 9  # frames per clip in grid.png
 
 
 def _save_media(run_path: Path, i: int, media, video: bool) -> str:
@@ -65,6 +67,11 @@ def generate_samples(job: Job, samples: Samples, method, run_path: Path, todo: l
             bar.advance(task)
 
 
+def _spaced(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n), first and last included (all of them when n <= k)."""
+    return list(range(n)) if n <= k else [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
 def _merge(run, samples: Samples, video: bool) -> None:
     """Rank 0, once every sample exists: samples table, one latents file, the grid."""
     import pandas as pd
@@ -76,8 +83,10 @@ def _merge(run, samples: Samples, video: bool) -> None:
     rows = [json.loads((run.path / f"records/{i:03d}.json").read_text()) for i in range(len(samples))]
     lat = {f"sample.{i}": load_tensors(run.path / f"latents/{i:03d}.safetensors")["latents"] for i in range(len(rows))}
     save_tensors(run.file("latents.safetensors"), lat)
-    if not video:
-        save_grid(load_outputs(run.path, rows), run.file("grid.png"), nrow=min(len(rows), 8))
+    media = load_outputs(run.path, rows[:GRID_MAX])
+    if video:  # one row per clip: GRID_FRAMES frames evenly spaced from first to last
+        media = [clip[k] for clip in media for k in _spaced(len(clip), GRID_FRAMES)]
+    save_grid(media, run.file("grid.png"), nrow=min(len(media), GRID_FRAMES if video else 10))
     save_table(pd.DataFrame(rows), run.path, "samples")
 
 
