@@ -18,16 +18,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (recipes/NAME.yaml) or path to a recipe.")
+MethodOpt = typer.Option(None, "--method", help="Method preset over the recipe: ertacache (the paper), ertacache-x1, "
+                         "ertacache-x2, ertacache-x2p (see `ertacache recipes --methods`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampling.steps=30 (repeatable).")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available, else CPU).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 CompileOpt = typer.Option(False, "--compile", help="torch.compile each transformer block once (first call compiles).")
 
 
-def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False, compile_: bool = False):
+def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False, compile_: bool = False,
+         method: Optional[str] = None):
     from .commands.common import Job
 
-    job = Job.make(model, sets, device, quiet=quiet)
+    job = Job.make(model, sets, device, quiet=quiet, method=method)
     if compile_:
         job.loaded.compile = True  # every Session on this pipeline runs its blocks compiled (baseline included)
     return job
@@ -64,11 +67,16 @@ def _lambdas(values: Optional[List[str]]) -> list[float]:
 
 
 @app.command("recipes")
-def recipes_cmd() -> None:
-    """List the recipes: name, pipeline class, steps, size/frames, branches."""
+def recipes_cmd(methods: bool = typer.Option(False, "--methods", help="List the --method presets instead.")) -> None:
+    """List the recipes: name, pipeline class, steps, size/frames, branches, method."""
     from .backbones import get_backbone
+    from .presets import METHODS, preset_of
     from .recipe import list_recipes
 
+    if methods:
+        _show([{"method": k, "what": m.summary, "overrides": " ".join(m.overrides)} for k, m in METHODS.items()],
+              "--method presets (applied over the recipe, under --set)")
+        return
     rows = []
     for name, r in list_recipes():
         if isinstance(r, str):
@@ -77,7 +85,8 @@ def recipes_cmd() -> None:
         s = r.sampling
         size = f"{s.width}x{s.height}" + (f"x{s.frames}f" if s.frames else "")
         rows.append({"name": name, "pipeline": r.model.pipeline, "steps": s.steps, "size": size,
-                     "branches": ",".join(get_backbone(r.model.pipeline).branches), "source": r.model.path or r.model.source})
+                     "branches": ",".join(get_backbone(r.model.pipeline).branches), "method": preset_of(r),
+                     "source": r.model.path or r.model.source})
     _show(rows, "recipes")
 
 
@@ -115,13 +124,14 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Optio
                target_speedup: Optional[float] = typer.Option(None, "--target-speedup", help="Target: smallest lambda predicting >= X."),
                predictor: Optional[str] = typer.Option(None, "--predictor", help="reuse | extrapolate (default: recipe)."),
                order: Optional[int] = typer.Option(None, "--order", help="Extrapolation order 1 | 2 (default: recipe)."),
+               method: Optional[str] = MethodOpt,
                sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Threshold policy search: one plan per lambda and a summary table."""
     from .commands.search import run_search
 
     sets = list(sets or []) + ([f"cache.predictor={predictor}"] if predictor else []) \
         + ([f"cache.order={order}"] if order else [])
-    job = _job(model, sets, device, quiet)
+    job = _job(model, sets, device, quiet, method=method)
     lams = _lambdas(lambdas) or list(job.recipe.search.lambdas)
     path, df = run_search(job, lams, profile, cached_steps, target_speedup)
     _show(df.drop(columns=["cached"]), "search: one plan per lambda", path)
@@ -135,11 +145,12 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
             gain: Optional[str] = typer.Option(None, "--gain", help="Fitted predictor gain: auto | on | off."),
             optimize_placement: bool = typer.Option(False, "--optimize-placement", help="Greedy ±1 moves of computed steps."),
             placement_trials: Optional[int] = typer.Option(None, "--placement-trials", help="Most placement trials."),
+            method: Optional[str] = MethodOpt,
             sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Timestep adjustment and error rectification for a plan, validated on held-out prompts."""
     from .commands.fit import run_fit
 
-    path, final = run_fit(_job(model, sets, device, quiet), plan, adjust, rectify, gain,
+    path, final = run_fit(_job(model, sets, device, quiet, method=method), plan, adjust, rectify, gain,
                           optimize_placement or None, placement_trials)
     dec = final.fit["decision"]
     rows = [{"adjust": c["adjust"], "rectify": c["rectify"], "gain": c.get("gain", False),
@@ -210,17 +221,28 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
 
 @app.command("sweep")
 def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
-              compare: bool = typer.Option(False, "--compare", help="Peers and a uniform cache at each plan's NFE."),
+              nfe: Optional[List[str]] = typer.Option(None, "--nfe", help="Matched-NFE targets (default: the recipe's search.nfe)."),
+              methods: Optional[str] = typer.Option(None, "--methods", help="Presets compared at each --nfe (default: all)."),
+              compare: bool = typer.Option(False, "--compare", help="Peers (best of their grid) and a uniform cache too."),
               target_speedup: Optional[float] = typer.Option(None, "--target-speedup", help="Pick the lambda reaching X on calibration."),
               min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Pick the fastest lambda with PSNR >= Y on calibration."),
+              samples: Optional[int] = typer.Option(None, "--samples", help="Evaluate on the first N eval prompts x seeds."),
+              method: Optional[str] = MethodOpt,
               sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
-    """A lambda grid through search -> fit -> generate -> eval: table, Pareto plot, error profile."""
+    """Lambda grid, or every method and peer at matched NFEs, through search -> fit -> generate -> eval: table, plots."""
     from .commands.sweep import run_sweep
+    from .presets import method_overrides
 
-    job = _job(model, sets, device, quiet)
+    job = _job(model, sets, device, quiet, method=method)
+    names = [m.strip() for m in methods.split(",")] if methods else None
+    for name in names or []:
+        method_overrides(name)
+    nfes = [int(x) for x in _lambdas(nfe)] if nfe else (
+        None if lambdas or target_speedup is not None or min_psnr is not None else list(job.recipe.search.nfe))
     path, df, picked = run_sweep(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), compare,
-                                 target_speedup, min_psnr)
-    cols = ["method", "lambda", "setting", "nfe", "ideal_speedup", "speedup", *job.recipe.eval.metrics, "note"]
+                                 target_speedup, min_psnr, nfes, names, samples)
+    cols = ["method", "target_nfe", "lambda", "setting", "nfe", "ideal_speedup", "speedup", *job.recipe.eval.metrics,
+            "calib_psnr", "best_calibrated", "note"]
     _show(df[[c for c in cols if c in df.columns]], f"sweep on {job.recipe.name} (full table: sweep.csv)")
     if picked:
         console.print(f"[bold]chosen lambda:[/bold] {picked['lambda']} ({picked['reason']})")
@@ -242,13 +264,14 @@ def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re
 def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
              ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Add the paper's Table 3 rows."),
              samples: int = typer.Option(8, "--samples", help="Evaluate on the first N eval prompts x seeds."),
+             method: Optional[str] = MethodOpt,
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """The whole loop on one recipe: profile -> search -> fit -> generate -> eval, one table."""
     from .commands.demo import run_demo
 
-    job = _job(model, sets, device, quiet)
+    job = _job(model, sets, device, quiet, method=method)
     path, df, abl = run_demo(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), ablation, samples)
-    _show(df.drop(columns=["row"]), f"ERTACache on {job.recipe.name}: validated fit per lambda vs uncached")
+    _show(df, f"ERTACache on {job.recipe.name}: validated fit per lambda vs uncached")
     if len(abl):
         _show(abl, "ablation (paper Table 3) at one lambda, same cached steps per row")
     console.print(f"[bold]run directory:[/bold] {path}")

@@ -30,12 +30,11 @@ def _panel(ax, df: pd.DataFrame, metric: str, higher_is_better: bool) -> None:
         return
     data = df.assign(_y=y, _x=_numeric(df["speedup"])).dropna(subset=["_x", "_y"])
     for method, g in data.groupby("method", sort=False):
-        style = "o-" if method == "ertacache" else "s"
-        ax.plot(g["_x"], g["_y"], style, label=method, markersize=6)
-        if method == "ertacache" and "lambda" in g:
-            for _, r in g.iterrows():
-                ax.annotate(f"λ={r['lambda']:g}", (r["_x"], r["_y"]), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7)
+        ours = str(method).startswith("ertacache")
+        ax.plot(g["_x"], g["_y"], "o-" if ours else "s", label=method, markersize=6)
+        for _, r in g.iterrows() if ours else ():
+            label = f"λ={r['lambda']:g}" if pd.notna(r.get("lambda")) else f"NFE {r['nfe']:g}"
+            ax.annotate(label, (r["_x"], r["_y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = pareto_front(list(zip(data["_x"], data["_y"])), higher_is_better)
     if len(front) > 1:
         ax.plot(*zip(*front), "k--", linewidth=0.8, label="Pareto frontier")
@@ -46,15 +45,16 @@ def _panel(ax, df: pd.DataFrame, metric: str, higher_is_better: bool) -> None:
 
 
 def plot_pareto(df: pd.DataFrame, path: Path, title: str) -> Path:
-    """PSNR and LPIPS against measured speedup for ERTACache and each peer."""
+    """PSNR, SSIM and LPIPS against measured speedup for each of our methods and each peer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     _panel(axes[0], df, "psnr", True)
-    _panel(axes[1], df, "lpips", False)
+    _panel(axes[1], df, "ssim", True)
+    _panel(axes[2], df, "lpips", False)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ertacli.errors import UserError
 
@@ -19,7 +19,8 @@ RECIPES_DIR = Path(os.environ.get("ERTACACHE_RECIPES") or REPO_DIR / "recipes")
 RESULTS_DIR = Path(os.environ.get("ERTACACHE_RESULTS") or Path.cwd() / "results")
 
 PromptKind = Literal["calibration", "eval"]
-Toggle = Literal["auto", "on", "off"]
+Toggle = Annotated[Literal["auto", "on", "off"],  # YAML reads a bare on/off as a boolean: take it back
+                   BeforeValidator(lambda v: {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v)]
 PROMPT_HINT = "set calibration.prompts / eval.prompts or pass --prompts FILE"
 RUNTIME_MODEL_FIELDS = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_backend")
 """ModelCfg fields that change memory and speed, not what the model computes (beyond kernel round-off)."""
@@ -118,6 +119,7 @@ class SearchCfg(_Strict):
     lambdas: list[Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: [0.05, 0.1, 0.2], min_length=1
     )
+    nfe: list[Annotated[int, Field(ge=2)]] = Field(default_factory=list)  # sweep's matched-NFE targets
 
 
 class FitCfg(_Strict):
@@ -375,6 +377,17 @@ def resolve_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, .
         raise UserError(_format_validation(path, exc)) from None
     recipe._source_path = path.resolve()
     return recipe
+
+
+def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """The same recipe with `--set`-style overrides applied on top (validated; same source file)."""
+    raw = _deep_merge(recipe.model_dump(), parse_overrides(overrides))
+    try:
+        out = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_validation(recipe.source_path or Path(recipe.name), exc)) from None
+    out._source_path = recipe._source_path
+    return out
 
 
 def list_recipes() -> list[tuple[str, Recipe | str]]:

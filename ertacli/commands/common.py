@@ -61,11 +61,12 @@ class Job:
 
     @classmethod
     def make(cls, model: str, overrides: list[str] | None, device: str | None,
-             argv: list[str] | None = None, quiet: bool = False) -> "Job":
+             argv: list[str] | None = None, quiet: bool = False, method: str | None = None) -> "Job":
         from ..backbones.loader import resolve_device
         from ..dist import WORLD, init, launched, local_device
+        from ..presets import method_overrides
 
-        recipe = resolve_recipe(model, overrides or [])
+        recipe = resolve_recipe(model, method_overrides(method) + list(overrides or []))
         dev = local_device(device or ("cuda" if launched() and _cuda() else None) or resolve_device(None))
         dev = resolve_device(dev)
         init(dev)
@@ -78,6 +79,12 @@ class Job:
 
             self._loaded = load_pipeline(self.recipe, self.device)
         return self._loaded
+
+    def variant(self, overrides: list[str]) -> "Job":
+        """This job with recipe overrides on top (e.g. a method preset), sharing the loaded pipeline."""
+        from ..recipe import with_overrides
+
+        return Job(with_overrides(self.recipe, overrides), self.device, self.argv, self.quiet, self.loaded)
 
     @property
     def key(self) -> str:

@@ -1,0 +1,71 @@
+"""Method presets (--method), peers' best-of-grid at matched NFE, and sweep --nfe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+from ertacli.commands.compare import _pick
+from ertacli.errors import UserError
+from ertacli.presets import METHODS, method_overrides, preset_of
+from ertacli.recipe import resolve_recipe, with_overrides
+
+FAST = ["--set", "sampling.steps=8", "--set", "eval.warmup=0", "--set", "eval.timing_rounds=1",
+        "--set", "eval.timing_samples=1", "-q"]
+
+
+def test_presets_resolve_and_are_recognised():
+    base = resolve_recipe("tiny-flux-random")
+    assert preset_of(base) == "ertacache"  # the shipped recipes run the paper's method unless they say otherwise
+    for name in METHODS:
+        r = with_overrides(base, method_overrides(name))
+        assert preset_of(r) == name
+    x2p = resolve_recipe("tiny-flux-random", method_overrides("ertacache-x2p"))
+    assert (x2p.cache.predictor, x2p.cache.order, x2p.fit.optimize_placement) == ("extrapolate", 2, True)
+    assert preset_of(resolve_recipe("tiny-flux-random", ["cache.predictor=extrapolate", "cache.abscissa=index"])) \
+        == "custom"
+
+
+def test_set_wins_over_method_and_bare_off_is_a_toggle():
+    r = resolve_recipe("tiny-flux-random", method_overrides("ertacache-x2") + ["cache.order=1", "fit.adjust=off"])
+    assert r.cache.order == 1 and r.fit.adjust == "off"
+
+
+def test_unknown_method_is_a_user_error(monkeypatch, capsys):
+    with pytest.raises(UserError, match="did you mean ertacache-x2"):
+        method_overrides("ertacache-x3")
+    code, out, err = cli(monkeypatch, capsys, "search", "-m", "tiny-flux-random", "--method", "taylor")
+    assert code == 2 and "unknown --method 'taylor'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_peer_pick_is_best_quality_at_matched_nfe():
+    tried = [{"setting": "a", "nfe": 10, "psnr": 30.0}, {"setting": "b", "nfe": 10, "psnr": 35.0},
+             {"setting": "c", "nfe": 12, "psnr": 50.0}, {"setting": "d", "nfe": 8, "psnr": 20.0}]
+    assert _pick(tried, 10)["setting"] == "b"  # never more NFE than the target, best PSNR among matches
+    assert _pick(tried, 11)["setting"] == "b"  # 10 is within one call of 11
+    assert _pick(tried, 9)["setting"] == "d"  # 8 is within one call of 9
+    assert _pick(tried, 7)["setting"] == "d"  # nothing matched: the nearest NFE
+
+
+def test_sweep_matched_nfe_marks_best_calibrated(results, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "sweep", "-m", "tiny-flux-random", "--nfe", "4",
+                         "--methods", "ertacache,ertacache-x1", "--samples", "1", *FAST)
+    assert code == 0, err
+    (run,) = (results / "tiny-flux-random").glob("sweep-*")
+    import pandas as pd
+
+    df = pd.read_csv(run / "sweep.csv")
+    assert list(df["method"]) == ["ertacache", "ertacache-x1"] and (df["nfe"] == 4).all()
+    assert df["best_calibrated"].sum() == 1
+    assert df.loc[df["best_calibrated"], "calib_psnr"].item() == df["calib_psnr"].max()
+    plans = [json.loads((Path(p) / "plan.json").read_text()) for p in df["plan"]]
+    assert [p["predictor"]["kind"] for p in plans] == ["reuse", "extrapolate"]
+    assert (run / "pareto.png").is_file()
+
+
+def test_sweep_nfe_out_of_range(results, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "sweep", "-m", "tiny-flux-random", "--nfe", "1", *FAST)
+    assert code == 2 and "--nfe 1 is out of range" in err
