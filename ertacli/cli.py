@@ -300,12 +300,13 @@ def estimate_cmd(prompts: int = typer.Option(..., "--prompts", help="Number of e
 def bench_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option(None, "--lambda", "-l"),
               samples: Optional[int] = typer.Option(None, "--samples", help="Evaluate on the first N eval samples."),
               ablation: bool = typer.Option(False, "--ablation/--no-ablation", help="Add the paper's Table 3 rows."),
+              method: str = typer.Option("ertacache", "--method", help="Method preset (default: the paper's)."),
               sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
               compile_: bool = CompileOpt) -> None:
     """The paper's setting end to end; stops at once, naming what is missing, without a GPU or the weights."""
     from .commands.bench import bench_job, run_bench
 
-    job = bench_job(model, sets, device, quiet)
+    job = bench_job(model, sets, device, quiet, method)
     if compile_:
         job.loaded.compile = True
     path, df = run_bench(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), samples, ablation)

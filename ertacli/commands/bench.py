@@ -142,11 +142,13 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
     return job.finished(run), table[shown].rename(columns=short)
 
 
-def bench_job(model: str, sets: list[str] | None, device: str | None, quiet: bool) -> Job:
-    """Resolve the recipe, check the GPU and the weights, then make the job (no model loaded yet)."""
+def bench_job(model: str, sets: list[str] | None, device: str | None, quiet: bool,
+              method: str | None = "ertacache") -> Job:
+    """Resolve the recipe (with the method preset), check the GPU and the weights, then make the job."""
+    from ..presets import method_overrides
     from ..recipe import resolve_recipe
 
-    recipe = resolve_recipe(model, sets or [])
+    recipe = resolve_recipe(model, method_overrides(method) + list(sets or []))
     check_device(device)
     check_weights(recipe, model)
-    return Job.make(model, sets, device, quiet=quiet)
+    return Job.make(model, sets, device, quiet=quiet, method=method)

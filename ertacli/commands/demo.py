@@ -37,12 +37,26 @@ def _row(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, label: str,
     return {"row": row.pop("method"), "lambda": plan.lam, "cached_steps": plan.n_cached, **row, "plan": str(plan_dir)}
 
 
-def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list[dict]:
+def paper_plan(job: Job, plan: Plan, plan_dir: Path, profile_dir: Path) -> tuple[Job, Path, Plan]:
+    """The paper's offline policy (reuse) with the same number of cached calls as `plan`: (job, folder, plan)."""
+    from ..plan import find_plan_dir, load_plan
+    from ..presets import method_overrides
+    from .search import run_search
+
+    paper = job.variant(method_overrides("ertacache"))
+    if paper.recipe.cache == job.recipe.cache:
+        return job, plan_dir, plan
+    search_dir, df = run_search(paper, [], str(profile_dir), cached_steps=plan.n_cached)
+    folder = find_plan_dir(search_dir / df["plan"].iloc[0])
+    return paper, folder, load_plan(folder)[0]
+
+
+def ablation(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, profile_dir: Path) -> list[dict]:
     """Paper Table 3 at one NFE: uniform cache, offline policy, + timestep adjustment, + error rectification."""
     from ..plan import find_plan_dir, load_plan
     from .fit import run_fit
 
-    plan, _ = load_plan(plan_dir)
+    job, plan_dir, plan = paper_plan(job, load_plan(plan_dir)[0], plan_dir, profile_dir)
     uni_dir = save_uniform(job, plan)
     rows = [_row(job, samples, base_dir, uni_dir, "uniform cache", load_plan(uni_dir)[0]),
             _row(job, samples, base_dir, plan_dir, "offline policy", plan)]
@@ -71,6 +85,7 @@ def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True, max_sam
     import pandas as pd
 
     from ..plan import find_plan_dir
+    from ..presets import preset_of
     from ..tables import save_table
     from .fit import run_fit
     from .generate import run_generate
@@ -85,14 +100,14 @@ def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True, max_sam
     rows = [baseline_row(job, base_dir)]
     for rel in summary["plan"]:
         fit_dir, plan = run_fit(job, str(search_dir / rel))
-        row = _row(job, samples, base_dir, find_plan_dir(fit_dir), "ertacache (validated fit)", plan)
+        row = _row(job, samples, base_dir, find_plan_dir(fit_dir), f"{preset_of(job.recipe)} (validated fit)", plan)
         rows.append({**row, "adjust": plan.fit["decision"]["adjust"], "rectify": plan.fit["decision"]["rectify"]})
     abl = []
     with job.rundir("demo") as run:
         job.start(run, "demo", samples.seeds)
         if with_ablation:
             mid = summary["plan"][len(summary["plan"]) // 2]
-            abl = ablation(job, samples, base_dir, search_dir / mid)
+            abl = ablation(job, samples, base_dir, search_dir / mid, profile_dir)
             save_table(pd.DataFrame(abl), run.path, "ablation")
         save_table(pd.DataFrame(rows), run.path, "demo")
         run.write_json("demo.json", {"profile": str(profile_dir), "search": str(search_dir),

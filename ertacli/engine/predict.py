@@ -50,6 +50,8 @@ class Predictor:
     def __post_init__(self):
         if self.kind not in KINDS or self.order not in (1, 2) or self.abscissa not in ABSCISSAE:
             raise ValueError(f"predictor: kind {KINDS}, order 1|2, abscissa {ABSCISSAE}; got {self.to_json()}")
+        if self.kind == "extrapolate" and self.abscissa == "sigma" and not self.base_sigmas:  # DDIM, DPM: step index
+            self.abscissa = "index"
 
     @classmethod
     def from_plan(cls, data: dict | None, base_sigmas: list[float]) -> "Predictor":
