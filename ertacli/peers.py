@@ -44,9 +44,10 @@ def _fbc(T, setting, pipe, extra):
 def _taylorseer(T, setting, pipe, extra):
     from diffusers import TaylorSeerCacheConfig
 
-    interval, before, order = setting
+    interval, before, tail, order = setting  # tail: the last `tail` steps always computed (0: none)
     return TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=before, max_order=order,
-                                 use_lite_mode=True, taylor_factors_dtype=None)
+                                 disable_cache_after_step=T - tail if tail else None, use_lite_mode=True,
+                                 taylor_factors_dtype=None)
 
 
 def _magcache(T, setting, pipe, extra):
@@ -75,8 +76,8 @@ def _fastercache(T, setting, pipe, extra):
 register_peer(Peer("FirstBlockCache", "FirstBlockCacheConfig",
                    (0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.3, 0.4, 0.6, 0.8), _fbc))
 register_peer(Peer("TaylorSeer", "TaylorSeerCacheConfig",
-                   tuple((i, b, o) for o in (1, 2) for b in (1, 2, 3) for i in (2, 3, 4, 5, 6)), _taylorseer,
-                   note="lite mode (blocks skipped, output extrapolated)"))
+                   tuple((i, b, t, o) for o in (1, 2) for t in (0, 2, 4) for b in (1, 2, 3) for i in (2, 3, 4, 5, 6)),
+                   _taylorseer, note="lite mode; setting = (interval, first cached step, computed tail, order)"))
 register_peer(Peer("MagCache", "MagCacheConfig", (0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0),
                    _magcache, needs_calibration=True, note="mag_ratios from its own calibrate run"))
 register_peer(Peer("PyramidAttentionBroadcast", "PyramidAttentionBroadcastConfig", (2, 3), _pab,
