@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,7 @@ def _panel(ax, df: pd.DataFrame, metric: str, higher_is_better: bool) -> None:
     y = _numeric(df[metric]) if metric in df else pd.Series(dtype=float)
     if y.isna().all():
         reason = str(df[metric].dropna().iloc[0]) if metric in df and df[metric].notna().any() else "not measured"
-        ax.text(0.5, 0.5, f"{metric}: {reason}", ha="center", va="center", wrap=True, fontsize=8,
+        ax.text(0.5, 0.5, textwrap.fill(f"{metric}: {reason}", 60), ha="center", va="center", fontsize=7,
                 transform=ax.transAxes)
         ax.set_axis_off()
         return
@@ -33,7 +34,8 @@ def _panel(ax, df: pd.DataFrame, metric: str, higher_is_better: bool) -> None:
         ours = str(method).startswith("ertacache")
         ax.plot(g["_x"], g["_y"], "o-" if ours else "s", label=method, markersize=6)
         for _, r in g.iterrows() if ours else ():
-            label = f"λ={r['lambda']:g}" if pd.notna(r.get("lambda")) else f"NFE {r['nfe']:g}"
+            matched = pd.notna(r.get("target_nfe")) or pd.isna(r.get("lambda"))
+            label = f"NFE {r['nfe']:g}" if matched else f"λ={r['lambda']:.3g}"
             ax.annotate(label, (r["_x"], r["_y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = pareto_front(list(zip(data["_x"], data["_y"])), higher_is_better)
     if len(front) > 1:
