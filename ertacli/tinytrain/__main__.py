@@ -20,30 +20,30 @@ def main(
     out: Path = typer.Option(Path("models"), help="output root; each model goes to OUT/<name>/"),
     seed: int = typer.Option(0, help="seed for weights, batches, noise and captions"),
     steps: Optional[int] = typer.Option(None, help="override the training steps (quick trials)"),
-    threads: int = typer.Option(2, help="torch intra-op threads"),
+    jobs: int = typer.Option(2, help="models trained at once, one process each (2 cores: 2)"),
+    threads: int = typer.Option(1, help="torch threads per process (results are reproducible per thread count)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
-    """Train each model, save it in save_pretrained layout with train_log.csv, samples.png and training.json."""
-    import torch
+    """Train each model; save it in save_pretrained layout with train_log.csv, samples.png and training.json."""
     from rich.console import Console
 
-    console = Console()
+    from ertacli.tinytrain.run import progress_bar, train_parallel, train_sequential
+
     names = model or list(SPECS)
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise typer.BadParameter(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
-    torch.set_num_threads(threads)
-    from ertacli.tinytrain.train import train_and_save
-
-    total = time.perf_counter()
-    for name in names:
-        spec = SPECS[name] if steps is None else dataclasses.replace(SPECS[name], steps=steps)
-        start = time.perf_counter()
-        info = train_and_save(spec, out, seed, quiet)
-        console.print(f"[bold]{name}[/]: {spec.steps} steps, training {info['train_seconds']:.0f} s, "
-                      f"total {time.perf_counter() - start:.0f} s, loss {info['final_loss_mean_last_20']:.4f}, "
-                      f"digit-acc on 10 check prompts {info['check_digit_acc']:.2f} -> {out / name}")
-    console.print(f"all done in {time.perf_counter() - total:.0f} s")
+    specs = [SPECS[n] if steps is None else dataclasses.replace(SPECS[n], steps=steps) for n in names]
+    start = time.perf_counter()
+    with progress_bar(quiet) as bar:
+        run = train_parallel if jobs > 1 and len(specs) > 1 else train_sequential
+        done = run(specs, out, seed, threads, bar)
+    console = Console()
+    for name, info in done.items():
+        console.print(f"[bold]{name}[/]: {info['steps']} steps in {info['train_seconds']:.0f} s, "
+                      f"loss {info['final_loss_mean_last_20']:.4f}, digit-acc on {len(info['check_prompts'])} "
+                      f"check prompts {info['check_digit_acc']:.2f} -> {out / name}")
+    console.print(f"train-tiny done in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ FLUX_TRANSFORMER = dict(
     axes_dims_rope=(8, 12, 12),  # sums to attention_head_dim
 )
 WAN_TRANSFORMER = dict(
-    patch_size=(1, 4, 4),  # 16x16 frames -> 4x4 tokens per frame, 144 tokens per 9-frame clip
+    patch_size=(9, 2, 2),  # one token per 2x2 pixels over all 9 frames: 64 tokens per clip (as tiny-flux)
     num_attention_heads=4,
     attention_head_dim=32,  # width 128
     in_channels=1,
@@ -28,7 +28,7 @@ WAN_TRANSFORMER = dict(
     text_dim=DIM,
     freq_dim=256,
     ffn_dim=512,
-    num_layers=2,
+    num_layers=3,
     cross_attn_norm=True,
     qk_norm="rms_norm_across_heads",
     rope_max_seq_len=32,
@@ -48,13 +48,16 @@ class Spec:
     lr: float = 1e-3
     shift: float = 1.0  # FlowMatchEulerDiscreteScheduler shift saved with the pipeline
     ema: float = 0.98  # weight averaging decay; the averaged weights are the ones saved
+    guidance: float = 1.0  # guidance scale of the after-training sample check (Wan: classifier-free guidance)
+    levels: str = "uniform"  # training noise levels: uniform or logit-normal
     captions_per_group: int = 48  # captions per digit (image) or per digit and motion (video)
     transformer: dict[str, Any] = field(default_factory=dict)
 
 
 SPECS = {
-    "tiny-flux": Spec("tiny-flux", video=False, size=16, steps=300, batch=128, transformer=FLUX_TRANSFORMER),
-    "tiny-wan": Spec("tiny-wan", video=True, size=16, frames=9, steps=600, batch=48, shift=1.0,
+    "tiny-flux": Spec("tiny-flux", video=False, size=16, steps=700, batch=128, lr=1e-3,
+                      transformer=FLUX_TRANSFORMER),
+    "tiny-wan": Spec("tiny-wan", video=True, size=16, frames=9, steps=1250, batch=96, lr=2e-3, guidance=4.0,
                      captions_per_group=12, transformer=WAN_TRANSFORMER),
 }
 

@@ -15,6 +15,8 @@ from ertacli.tinytrain.models import Spec, build_pipeline, build_transformer, fo
 DROPOUT = 0.1  # share of captions replaced by "" (the unconditional branch for classifier-free guidance)
 WARMUP = 20  # linear learning-rate warm-up steps, then cosine decay to 5%
 LOG_FILE = "train_log.csv"
+CHECKPOINT = "checkpoint.pt"  # written every CHECKPOINT_EVERY steps, removed when training ends
+CHECKPOINT_EVERY = 50
 INFO_FILE = "training.json"
 
 
@@ -64,26 +66,23 @@ def batch(spec: Spec, caps: Captions, gen: Any) -> tuple[Any, Any, Any]:
     return x, tokens, pooled
 
 
-def flow_loss(fw: Any, x0: Any, tokens: Any, pooled: Any, gen: Any) -> Any:
-    """Rectified flow: x_s = (1 - s) x0 + s noise, target v = noise - x0, s ~ U(0, 1) (FlowMatchEuler's convention)."""
+def noise_levels(n: int, kind: str, gen: Any) -> Any:
+    """Training noise levels s in (0, 1): uniform, or logit-normal (sigmoid of a standard normal, SD3's choice)."""
+    import torch
+
+    return torch.rand(n, generator=gen) if kind == "uniform" else torch.sigmoid(torch.randn(n, generator=gen))
+
+
+def flow_loss(fw: Any, x0: Any, tokens: Any, pooled: Any, gen: Any, levels: str = "uniform") -> Any:
+    """Rectified flow: x_s = (1 - s) x0 + s noise, target v = noise - x0 (FlowMatchEuler's convention)."""
     import torch
 
     x0 = fw.target_layout(x0)
-    s = torch.rand(x0.shape[0], generator=gen)
+    s = noise_levels(x0.shape[0], levels, gen)
     noise = torch.randn(x0.shape, generator=gen)
     sv = s.view(-1, *[1] * (x0.dim() - 1))
     pred = fw((1 - sv) * x0 + sv * noise, s, tokens, pooled)
     return torch.nn.functional.mse_loss(pred.float(), noise - x0)
-
-
-def _progress(quiet: bool) -> Any:
-    """A Rich progress bar with loss and ETA (disabled when quiet)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.progress import TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=quiet)
 
 
 def _ema_update(ema: Any, model: Any, step: int, decay: float) -> None:
@@ -96,41 +95,91 @@ def _ema_update(ema: Any, model: Any, step: int, decay: float) -> None:
             pe.lerp_(pm, 1 - d)
 
 
-def fit(spec: Spec, seed: int, log_path: Path, quiet: bool = False) -> tuple[Any, Any, list[dict]]:
-    """Train spec's transformer from scratch; returns (EMA transformer, trained transformer, loss rows)."""
-    import copy
+class Trainer:
+    """Model, EMA copy, optimiser, schedule and random state of one run, checkpointable so a killed run resumes."""
 
+    def __init__(self, spec: Spec, seed: int) -> None:
+        import copy
+
+        import torch
+
+        torch.manual_seed(seed)
+        self.spec, self.seed, self.step, self.seconds, self.rows = spec, seed, 0, 0.0, []
+        self.gen = torch.Generator().manual_seed(seed)
+        self.caps = Captions(spec, seed)
+        self.model = build_transformer(spec).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.fw = forward_for(spec, self.model)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, weight_decay=0.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda k: lr_factor(k, spec.steps))
+
+    def state(self) -> dict:
+        """Everything needed to continue bit-for-bit."""
+        import dataclasses
+
+        return {"spec": dataclasses.asdict(self.spec), "seed": self.seed, "step": self.step, "rows": self.rows,
+                "seconds": self.seconds, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state()}
+
+    def load(self, path: Path) -> bool:
+        """Resume from a checkpoint of the same spec and seed; False when there is none that matches."""
+        import dataclasses
+
+        import torch
+
+        if not path.is_file():
+            return False
+        st = torch.load(path, weights_only=False)
+        if st["spec"] != dataclasses.asdict(self.spec) or st["seed"] != self.seed:
+            return False
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.gen.set_state(st["gen"])
+        self.step, self.rows, self.seconds = st["step"], st["rows"], st["seconds"]
+        return True
+
+    def train_step(self) -> float:
+        """One optimiser step on a fresh batch; returns the loss."""
+        import torch
+
+        loss = flow_loss(self.fw, *batch(self.spec, self.caps, self.gen), self.gen, self.spec.levels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        _ema_update(self.ema, self.model, self.step, self.spec.ema)
+        self.step += 1
+        return float(loss.detach())
+
+
+def fit(spec: Spec, seed: int, out: Path, on_step: Any = None) -> tuple[Any, Any, list[dict]]:
+    """Train (resuming from out/CHECKPOINT if present), logging to out/LOG_FILE; returns (EMA, trained, rows)."""
     import torch
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    caps = Captions(spec, seed)
-    model = build_transformer(spec).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    fw = forward_for(spec, model)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, spec.steps))
-    rows, start = [], time.perf_counter()
-    with _progress(quiet) as bar, open(log_path, "w", newline="") as fh:
+    tr, ckpt = Trainer(spec, seed), out / CHECKPOINT
+    tr.load(ckpt)
+    with open(out / LOG_FILE, "w", newline="") as fh:
         log = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", "seconds"])
         log.writeheader()
-        task = bar.add_task(spec.name, total=spec.steps, loss=float("nan"))
-        for step in range(spec.steps):
-            loss = flow_loss(fw, *batch(spec, caps, gen), gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            _ema_update(ema, model, step, spec.ema)
-            value = float(loss.detach())
-            row = {"step": step + 1, "loss": round(value, 6), "lr": opt.param_groups[0]["lr"],
-                   "seconds": round(time.perf_counter() - start, 2)}
+        log.writerows(tr.rows)
+        start = time.perf_counter() - tr.seconds
+        while tr.step < spec.steps:
+            value = tr.train_step()
+            tr.seconds = time.perf_counter() - start
+            row = {"step": tr.step, "loss": round(value, 6), "lr": tr.opt.param_groups[0]["lr"],
+                   "seconds": round(tr.seconds, 2)}
             log.writerow(row)
             fh.flush()
-            rows.append(row)
-            bar.update(task, advance=1, loss=value)
-    return ema, model.eval(), rows
+            tr.rows.append(row)
+            if tr.step % CHECKPOINT_EVERY == 0 and tr.step < spec.steps:
+                torch.save(tr.state(), ckpt)
+            if on_step is not None:
+                on_step(tr.step, value)
+    ckpt.unlink(missing_ok=True)
+    return tr.ema, tr.model.eval(), tr.rows
 
 
 def sample_check(pipe: Any, spec: Spec, prompts: list[str], seed: int, guidance: float) -> tuple[Any, float]:
@@ -163,23 +212,35 @@ def save_samples(media: Any, path: Path, video: bool) -> None:
     save_grid([clip[k] for clip in media for k in (0, f // 2, f - 1)], path, nrow=3)
 
 
-def train_and_save(spec: Spec, out_root: Path, seed: int, quiet: bool = False) -> dict:
+def _save_quietly(pipe: Any, out: Path) -> None:
+    """save_pretrained (safetensors) without diffusers' notes about the absent text encoder and tokenizer."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        pipe.save_pretrained(out, safe_serialization=True)
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def train_and_save(spec: Spec, out_root: Path, seed: int, on_step: Any = None) -> dict:
     """Train, save the pipeline (save_pretrained, safetensors), the loss CSV, a sample grid and training.json."""
     from ertacli.tinytrain.data import DIGIT_WORDS
 
     out = Path(out_root) / spec.name
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    ema, _, rows = fit(spec, seed, out / LOG_FILE, quiet)
-    train_s = time.perf_counter() - start
+    ema, _, rows = fit(spec, seed, out, on_step)
+    train_s = rows[-1]["seconds"]
     pipe = build_pipeline(spec, ema)
-    pipe.save_pretrained(out, safe_serialization=True)
+    _save_quietly(pipe, out)
     tail = " drifting left" if spec.video else ""
     prompts = [f"a handwritten {w}{tail}" for w in DIGIT_WORDS]
-    media, acc = sample_check(pipe, spec, prompts, seed, 5.0 if spec.video else 3.5)
+    media, acc = sample_check(pipe, spec, prompts, seed, spec.guidance)
     save_samples(media, out / "samples.png", spec.video)
     info = {"name": spec.name, "seed": seed, "steps": spec.steps, "batch": spec.batch, "lr": spec.lr,
-            "size": spec.size, "frames": spec.frames, "dropout": DROPOUT, "ema": spec.ema,
+            "size": spec.size, "frames": spec.frames, "dropout": DROPOUT, "ema": spec.ema, "guidance": spec.guidance,
+            "levels": spec.levels,
             "text_encoder": "minilm", "train_seconds": round(train_s, 1),
             "final_loss_mean_last_20": round(sum(r["loss"] for r in rows[-20:]) / min(20, len(rows)), 5),
             "check_prompts": prompts, "check_digit_acc": round(acc, 4)}
