@@ -11,7 +11,7 @@ from ertacli.plan import Plan, model_id, recipe_key
 
 import pytest
 
-SLEEP = 0.25
+SLEEP = 0.4  # long enough that the model's own compute, even on a loaded machine, is a small share
 
 REUSE = {"kind": "reuse", "order": 1, "abscissa": "sigma", "c": 0.0}
 EXTRAPOLATE = {"kind": "extrapolate", "order": 2, "abscissa": "index", "c": 1.0}
