@@ -19,7 +19,7 @@ FAST = ["--set", "sampling.steps=8", "--set", "eval.warmup=0", "--set", "eval.ti
 
 def test_presets_resolve_and_are_recognised():
     base = resolve_recipe("tiny-flux-random")
-    assert preset_of(base) == "ertacache-x2"  # the shipped default (README "Methods"); the paper is one flag away
+    assert preset_of(base) == "ertacache-x1"  # the shipped default (README "Methods"); the paper is one flag away
     for name in METHODS:
         r = with_overrides(base, method_overrides(name))
         assert preset_of(r) == name
