@@ -39,7 +39,7 @@ BENCH_TINY := --set model.source=tiny --set model.dtype=float32 --set sampling.s
 	--set sampling.width=32 --set sampling.frames=5 --set eval.warmup=0 --set eval.timing_rounds=1 \
 	--set eval.timing_samples=1 --samples 2 -q
 
-.PHONY: bench-flux bench-wan bench-cogvideox
+.PHONY: bench-flux bench-wan bench-cogvideox bench-overhead
 
 bench-flux: $(STAMP)
 	$(BIN)/ertacache bench --model flux --lambda 0.6 --device $(BENCH_DEVICE) $(BENCH_SET)
@@ -49,3 +49,9 @@ bench-wan: $(STAMP)
 
 bench-cogvideox: $(STAMP)
 	$(BIN)/ertacache bench --model cogvideox-2b --lambda 0.08 --lambda 0.3 --device $(BENCH_DEVICE) $(BENCH_SET)
+
+# What a cached step costs: uniform plans per predictor against the uncached call, on Wan2.1-1.3B's transformer at
+# full size with random weights (no download; README "What a cached step costs at full size").
+bench-overhead: $(STAMP)
+	$(BIN)/ertacache overhead --model wan2.1-random --device $(BENCH_DEVICE) --set sampling.frames=17 \
+		--set sampling.steps=20 --set eval.timing_rounds=3 -r 0.5 -r 0.7 -r 0.8 $(BENCH_SET)

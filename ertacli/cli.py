@@ -313,6 +313,24 @@ def bench_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option
     _show(df, f"bench: ERTACache on {job.recipe.name} (bench.csv, resources.json)", path)
 
 
+@app.command("overhead")
+def overhead_cmd(model: str = ModelOpt,
+                 ratios: Optional[List[float]] = typer.Option(None, "--ratio", "-r",
+                                                              help="Share of steps cached, evenly spaced (repeatable; default 0.5)."),
+                 predictors: Optional[List[str]] = typer.Option(None, "--predictor",
+                                                                help="reuse, extrapolate-1, extrapolate-2 (repeatable; default all)."),
+                 sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
+                 compile_: bool = CompileOpt) -> None:
+    """Cached vs uncached wall time in one run, against the ideal NFE ratio; no calibration, any weights."""
+    from .commands.bench import check_device
+    from .commands.overhead import PREDICTORS, run_overhead
+
+    check_device(device)
+    job = _job(model, sets, device, quiet, compile_)
+    path, df = run_overhead(job, list(ratios or [0.5]), list(predictors or PREDICTORS))
+    _show(df.round(3), f"overhead: {job.recipe.name} on {job.device} (overhead.csv)", path)
+
+
 def main() -> None:
     """Console entry point: user errors print one line and exit 2."""
     try:

@@ -36,4 +36,6 @@ def test_paired_timing_matches_nfe_ratio(tmp_path, predictor):
     ideal = plan.predicted_speedup
     assert ideal == 8 / 5
     assert abs(timing["speedup"] / ideal - 1) < 0.03, (timing, ideal)
+    assert abs(timing["transformer_speedup"] / ideal - 1) < 0.03, (timing, ideal)
+    assert timing["transformer_baseline_seconds"] <= timing["timing_baseline_seconds"]
     assert timing["timing_baseline_seconds"] > 8 * SLEEP

@@ -34,15 +34,20 @@ def paired_timing(job: Job, samples: Samples, method, baseline=None) -> dict:
     sub = samples.subset(list(range(min(len(samples), job.recipe.eval.timing_samples))))
     methods = {"baseline": baseline or PlanMethod(job, None), "cached": method}
     times: dict[str, list[float]] = {"baseline": [], "cached": []}
+    inside: dict[str, list[float]] = {"baseline": [], "cached": []}  # seconds inside the transformer's calls
     for r in range(job.recipe.eval.timing_rounds + 1):
         for name in (("baseline", "cached") if r % 2 == 0 else ("cached", "baseline")):
             with methods[name] as m:
-                secs = [m.run(p, s)[0].seconds for p, s in zip(sub.prompts, sub.seeds)]
+                outs = [m.run(p, s)[0] for p, s in zip(sub.prompts, sub.seeds)]
             if r > 0:
-                times[name] += secs
-    base, cached = statistics.median(times["baseline"]), statistics.median(times["cached"])
-    return {"timing_baseline_seconds": base, "timing_seconds": cached, "speedup": base / cached,
-            "timing_calls": len(times["cached"])}
+                times[name] += [o.seconds for o in outs]
+                inside[name] += [getattr(o, "transformer_seconds", float("nan")) for o in outs]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tf = {k: statistics.median(v) for k, v in inside.items()}
+    return {"timing_baseline_seconds": med["baseline"], "timing_seconds": med["cached"],
+            "speedup": med["baseline"] / med["cached"], "timing_calls": len(times["cached"]),
+            "transformer_baseline_seconds": tf["baseline"], "transformer_seconds": tf["cached"],
+            "transformer_speedup": tf["baseline"] / tf["cached"]}
 
 
 def _read_generate(path: Path, job: Job) -> tuple[dict, list[dict]]:

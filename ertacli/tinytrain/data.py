@@ -70,12 +70,14 @@ def video_caption(rng: random.Random, digit: int, motion: str) -> str:
     return t.format(c=image_caption(rng, digit), d=_name(rng, digit), a=rng.choice(ADJECTIVES), m=m)
 
 
-def caption_bank(video: bool, per_group: int, seed: int) -> tuple[list[str], list[tuple[int, int]]]:
-    """Captions and, per caption, its (digit, motion index); motion 0 ("still") for images."""
+def caption_bank(video: bool, motions: tuple[str, ...], per_group: int,
+                 seed: int) -> tuple[list[str], list[tuple[int, int]]]:
+    """Captions and, per caption, its (digit, index into motions); images take motion 0 ("still") alone."""
     rng = random.Random(seed)
     texts, keys = [], []
+    motions = tuple(motions) if video else MOTIONS[:1]
     for digit in range(10):
-        for mi, motion in enumerate(MOTIONS if video else MOTIONS[:1]):
+        for mi, motion in enumerate(motions):
             for _ in range(per_group):
                 texts.append(video_caption(rng, digit, motion) if video else image_caption(rng, digit))
                 keys.append((digit, mi))

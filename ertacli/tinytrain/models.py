@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ertacli.backbones.minilm import DIM
+from ertacli.tinytrain.data import MOTIONS
 
 FLUX_TRANSFORMER = dict(
     patch_size=1,
@@ -51,6 +52,7 @@ class Spec:
     guidance: float = 1.0  # guidance scale of the after-training sample check (Wan: classifier-free guidance)
     levels: str = "uniform"  # training noise levels: uniform or logit-normal
     captions_per_group: int = 48  # captions per digit (image) or per digit and motion (video)
+    motions: tuple[str, ...] = MOTIONS  # clip motions trained (video); images use the first ("still") only
     transformer: dict[str, Any] = field(default_factory=dict)
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ertacli.tinytrain.data import MOTIONS, caption_bank, digits, render_images, render_videos
+from ertacli.tinytrain.data import caption_bank, digits, render_images, render_videos
 from ertacli.tinytrain.models import Spec, build_pipeline, build_transformer, forward_for
 
 DROPOUT = 0.1  # share of captions replaced by "" (the unconditional branch for classifier-free guidance)
@@ -36,9 +36,9 @@ class Captions:
 
         from ertacli.backbones.minilm import minilm_embed
 
-        self.texts, keys = caption_bank(spec.video, spec.captions_per_group, seed)
+        self.texts, keys = caption_bank(spec.video, spec.motions, spec.captions_per_group, seed)
         self.tokens, self.pooled = minilm_embed([""] + self.texts)
-        n_motions = len(MOTIONS) if spec.video else 1
+        n_motions = len(spec.motions) if spec.video else 1
         self.table = torch.arange(1, len(keys) + 1).view(10, n_motions, spec.captions_per_group)
 
     def pick(self, labels: Any, motions: Any, gen: Any) -> tuple[Any, Any]:
@@ -57,9 +57,9 @@ def batch(spec: Spec, caps: Captions, gen: Any) -> tuple[Any, Any, Any]:
 
     imgs, labels = digits()
     idx = torch.randint(len(imgs), (spec.batch,), generator=gen)
-    motions = torch.randint(len(MOTIONS), (spec.batch,), generator=gen) if spec.video else torch.zeros_like(idx)
+    motions = torch.randint(len(spec.motions), (spec.batch,), generator=gen) if spec.video else torch.zeros_like(idx)
     if spec.video:
-        x = render_videos(imgs[idx], [MOTIONS[int(m)] for m in motions], spec.frames, spec.size)
+        x = render_videos(imgs[idx], [spec.motions[int(m)] for m in motions], spec.frames, spec.size)
     else:
         x = render_images(imgs[idx], spec.size)
     tokens, pooled = caps.pick(labels[idx], motions, gen)

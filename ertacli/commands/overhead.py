@@ -1,0 +1,107 @@
+"""overhead: what a cached step costs, measured against the uncached pipeline in one run.
+
+For each cache ratio and predictor (reuse; extrapolation of order 1 and 2, gain 1), a plan that caches that share
+of every branch's steps, evenly spaced (SPEC "Uniform cache"), is timed against the uncached pipeline with eval's
+paired timing (alternating calls after a warm-up round). The table gives the ideal speedup (the NFE ratio), the
+measured one and their ratio, and the transformer's share of the uncached call: the part a cache can remove.
+No plan is calibrated and no quality is scored, so the command needs no profile and runs as well on random
+weights at a backbone's full size (recipes `*-random`, built in code) as on the real weights.
+"""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .common import Job, Samples
+from .methods import PlanMethod
+
+PREDICTORS = {  # label -> cache.predictor settings (gain 1, step-index abscissa: the same arithmetic as sigma)
+    "reuse": {"kind": "reuse"},
+    "extrapolate-1": {"kind": "extrapolate", "order": 1, "abscissa": "index", "c": 1.0},
+    "extrapolate-2": {"kind": "extrapolate", "order": 2, "abscissa": "index", "c": 1.0},
+}
+
+
+class UniformMethod(PlanMethod):
+    """The engine with `n_cached` evenly spaced cached steps on every branch and one predictor (no plan file)."""
+
+    def __init__(self, job: Job, n_cached: int, predictor: str):
+        from ..engine import ApplyController
+        from ..engine.predict import Predictor
+        from ..engine.schedule import uniform_cached_steps
+
+        T = job.recipe.sampling.steps
+        cached = set(uniform_cached_steps(T, n_cached))
+        self.job, self.plan, self.folder = job, None, None
+        self.ctl = ApplyController(T, {b: cached for b in job.loaded.backbone.branches},
+                                   residual=job.recipe.cache.residual,
+                                   predictor=Predictor.from_plan(PREDICTORS[predictor], []))
+        self.info = {"kind": "uniform", "n_cached": n_cached, "predictor": predictor}
+
+
+def cached_counts(T: int, ratios: list[float]) -> list[int]:
+    """Cached steps per branch for each ratio (rounded); a uniform cache keeps at least 2 steps computed."""
+    out = []
+    for r in ratios:
+        if not 0 < r < 1:
+            raise UserError(f"--ratio {r}: a cache ratio is a share of the steps, between 0 and 1 (e.g. 0.5)")
+        n = round(r * T)
+        if n < 1 or T - n < 2:
+            raise UserError(f"--ratio {r} caches {n} of {T} steps; a uniform cache needs 1 to {T - 2} cached steps")
+        out.append(n)
+    return out
+
+
+def _one(job: Job, samples: Samples, n_cached: int, predictor: str, baseline) -> dict:
+    """Paired timing of one uniform plan (whole call and inside the transformer); NFE from one extra call."""
+    from .evaluate import paired_timing
+
+    method = UniformMethod(job, n_cached, predictor)
+    t = paired_timing(job, samples, method, baseline)
+    with method as m:
+        _, nfe, n_cached_calls = m.run(samples.prompts[0], samples.seeds[0])
+    return {"predictor": predictor, "cached_per_branch": n_cached, "nfe": nfe, "cached_calls": n_cached_calls,
+            "baseline_seconds": t["timing_baseline_seconds"], "cached_seconds": t["timing_seconds"],
+            "speedup": t["speedup"], "transformer_baseline_seconds": t["transformer_baseline_seconds"],
+            "transformer_seconds": t["transformer_seconds"], "transformer_speedup": t["transformer_speedup"],
+            "timing_calls": t["timing_calls"]}
+
+
+def run_overhead(job: Job, ratios: list[float], predictors: list[str]) -> tuple:
+    """Time every (ratio, predictor) against the baseline; returns (run dir, table)."""
+    import pandas as pd
+
+    from ..tables import save_table
+    from .common import peak_memory, write_resources
+
+    unknown = [p for p in predictors if p not in PREDICTORS]
+    if unknown:
+        raise UserError(f"--predictor {unknown[0]!r}: choose from {', '.join(PREDICTORS)}")
+    counts = cached_counts(job.recipe.sampling.steps, ratios)
+    samples = job.eval_samples()
+    samples = samples.subset(list(range(min(len(samples), job.recipe.eval.timing_samples))))
+    baseline = PlanMethod(job, None)
+    with baseline as m:
+        _, nfe0, _ = m.run(samples.prompts[0], samples.seeds[0])
+    rows = []
+    for n in counts:
+        for p in predictors:
+            r = _one(job, samples, n, p, baseline)
+            ideal = nfe0 / r["nfe"]
+            r.update({"baseline_nfe": nfe0, "ideal_speedup": ideal, "of_ideal": r["speedup"] / ideal,
+                      "transformer_of_ideal": r["transformer_speedup"] / ideal,
+                      "transformer_share": r["transformer_baseline_seconds"] / r["baseline_seconds"]})
+            rows.append(r)
+    table = pd.DataFrame(rows)
+    with job.rundir("overhead") as run:
+        job.start(run, "overhead", samples.seeds)
+        save_table(table, run.path, "overhead")
+        run.write_json("overhead.json", {"recipe": job.recipe.name, "device": job.device, "ratios": ratios,
+                                         "predictors": predictors, "samples": samples.to_json(), "rows": rows,
+                                         "peak_memory": peak_memory(job.device)})
+        write_resources(run, job.device)
+    short = {"cached_per_branch": "cached", "baseline_nfe": "nfe0", "ideal_speedup": "ideal",
+             "of_ideal": "of ideal", "transformer_speedup": "tf speedup", "transformer_of_ideal": "tf of ideal",
+             "transformer_share": "tf share"}
+    cols = ["predictor", "cached_per_branch", "nfe", "baseline_nfe", "ideal_speedup", "speedup", "of_ideal",
+            "transformer_speedup", "transformer_of_ideal", "transformer_share"]
+    return job.finished(run), table[cols].rename(columns=short)
