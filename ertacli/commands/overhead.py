@@ -52,13 +52,12 @@ def cached_counts(T: int, ratios: list[float]) -> list[int]:
 
 
 def _one(job: Job, samples: Samples, n_cached: int, predictor: str, baseline) -> dict:
-    """Paired timing of one uniform plan (whole call and inside the transformer); NFE from one extra call."""
+    """Paired timing of one uniform plan (whole call and inside the transformer); NFE as counted in its last call."""
     from .evaluate import paired_timing
 
     method = UniformMethod(job, n_cached, predictor)
     t = paired_timing(job, samples, method, baseline)
-    with method as m:
-        _, nfe, n_cached_calls = m.run(samples.prompts[0], samples.seeds[0])
+    nfe, n_cached_calls = sum(method.ctl.nfe.values()), sum(method.ctl.n_cached.values())
     return {"predictor": predictor, "cached_per_branch": n_cached, "nfe": nfe, "cached_calls": n_cached_calls,
             "baseline_seconds": t["timing_baseline_seconds"], "cached_seconds": t["timing_seconds"],
             "speedup": t["speedup"], "transformer_baseline_seconds": t["transformer_baseline_seconds"],
