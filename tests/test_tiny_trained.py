@@ -156,18 +156,19 @@ def _prompt_lines(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-# tiny-flux meets the 0.9 target; tiny-wan measures 0.67 per frame here (0.83 with other seeds) and is held to
-# that level as a regression guard until a better-trained model reaches 0.9 (README "The tiny default").
-@pytest.mark.parametrize("name,prompts,floor", [("tiny-flux", "tiny-eval.txt", 0.9),
-                                                ("tiny-wan", "tiny-video-eval.txt", 0.6)])
-def test_trained_models_draw_the_prompted_digit(name, prompts, floor):
+# The issue's target, 0.9, for both models, with the recipes' eval seed (0 for every prompt: all samples share one
+# noise) and with one seed per prompt (0..19: independent noise), so one lucky or unlucky draw cannot decide it.
+@pytest.mark.parametrize("seeds", ["recipe", "per-prompt"])
+@pytest.mark.parametrize("name,prompts", [("tiny-flux", "tiny-eval.txt"), ("tiny-wan", "tiny-video-eval.txt")])
+def test_trained_models_draw_the_prompted_digit(name, prompts, seeds):
     """Uncached samples at the recipe's own settings: digit-acc (video: per frame) on the eval prompts."""
     recipe = resolve_recipe(name)
     loaded = load_pipeline(recipe, "cpu")
     texts = _prompt_lines(REPO / "prompts" / prompts)
-    out = run_batch(loaded, recipe, texts, [0] * len(texts))
+    per_prompt = list(range(len(texts))) if seeds == "per-prompt" else [recipe.eval.seeds[0]] * len(texts)
+    out = run_batch(loaded, recipe, texts, per_prompt)
     rows = compute_metrics(["digit-acc"], list(out.media), [None] * len(texts), prompts=texts)
-    assert sum(r["digit-acc"] for r in rows) / len(rows) >= floor
+    assert sum(r["digit-acc"] for r in rows) / len(rows) >= 0.9
 
 
 @pytest.mark.parametrize("name,prompts,shape", [("tiny-flux", "tiny-digits.txt", (20, 182)),

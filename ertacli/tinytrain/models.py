@@ -59,7 +59,7 @@ class Spec:
 SPECS = {
     "tiny-flux": Spec("tiny-flux", video=False, size=16, steps=700, batch=128, lr=1e-3,
                       transformer=FLUX_TRANSFORMER),
-    "tiny-wan": Spec("tiny-wan", video=True, size=16, frames=9, steps=1250, batch=96, lr=2e-3, guidance=4.0,
+    "tiny-wan": Spec("tiny-wan", video=True, size=16, frames=9, steps=3500, batch=32, lr=2e-3, guidance=4.0,
                      captions_per_group=12, transformer=WAN_TRANSFORMER),
 }
 
