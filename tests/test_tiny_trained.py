@@ -165,8 +165,8 @@ def test_trained_models_draw_the_prompted_digit(name, prompts, seeds):
     recipe = resolve_recipe(name)
     loaded = load_pipeline(recipe, "cpu")
     texts = _prompt_lines(REPO / "prompts" / prompts)
-    per_prompt = list(range(len(texts))) if seeds == "per-prompt" else [recipe.eval.seeds[0]] * len(texts)
-    out = run_batch(loaded, recipe, texts, per_prompt)
+    seed_of_each = list(range(len(texts))) if seeds == "per-prompt" else [recipe.eval.seeds[0]] * len(texts)
+    out = run_batch(loaded, recipe, texts, seed_of_each)
     rows = compute_metrics(["digit-acc"], list(out.media), [None] * len(texts), prompts=texts)
     assert sum(r["digit-acc"] for r in rows) / len(rows) >= 0.9
 
