@@ -28,11 +28,10 @@ CompileOpt = typer.Option(False, "--compile", help="torch.compile each transform
 
 def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False, compile_: bool = False,
          method: Optional[str] = None):
-    from .commands.common import Job
+    from .runs.job import Job
 
     job = Job.make(model, sets, device, quiet=quiet, method=method)
-    if compile_:
-        job.loaded.compile = True  # every Session on this pipeline runs its blocks compiled (baseline included)
+    job.compile = compile_  # every session on this pipeline runs its blocks compiled (baseline included)
     return job
 
 
@@ -43,7 +42,7 @@ SHORT = {"cached_steps": "cached", "baseline_nfe": "nfe0", "ideal_speedup": "ide
 def _show(df_or_rows, title: str, path: Optional[Path] = None) -> None:
     import pandas as pd
 
-    from .tables import rich_table, split_missing
+    from .runs.tables import rich_table, split_missing
 
     df = df_or_rows if isinstance(df_or_rows, pd.DataFrame) else pd.DataFrame(df_or_rows)
     df, notes = split_missing(df)
@@ -203,7 +202,7 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
              compile_: bool = CompileOpt) -> None:
     """Quality (PSNR, SSIM, ...) and measured speedup against the uncached baseline; optional quality gate."""
-    from .commands.evaluate import quality_gate, run_eval
+    from .commands.eval import quality_gate, run_eval
 
     job = _job(model, sets, device, quiet, compile_)
     path, summary, peers = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run, with_peers=compare, vbench=vbench)
@@ -211,7 +210,7 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
     if peers:
         _show([{k: v for k, v in r.items() if k != "run"} for r in peers], "peers at the plan's NFE")
     console.print(f"[bold]run directory:[/bold] {path}")
-    failures = quality_gate(path, summary, min_psnr, max_lpips)
+    failures = quality_gate(path, min_psnr, max_lpips)
     if failures:
         err_console.print(f"[bold red]quality gate failed:[/bold red] {failures[0]}")
         for line in failures[1:]:
@@ -307,8 +306,7 @@ def bench_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option
     from .commands.bench import bench_job, run_bench
 
     job = bench_job(model, sets, device, quiet, method)
-    if compile_:
-        job.loaded.compile = True
+    job.compile = compile_
     path, df = run_bench(job, _lambdas(lambdas) or list(job.recipe.search.lambdas), samples, ablation)
     _show(df, f"bench: ERTACache on {job.recipe.name} (bench.csv, resources.json)", path)
 
@@ -329,6 +327,26 @@ def overhead_cmd(model: str = ModelOpt,
     job = _job(model, sets, device, quiet, compile_)
     path, df = run_overhead(job, list(ratios or [0.5]), list(predictors or PREDICTORS))
     _show(df.round(3), f"overhead: {job.recipe.name} on {job.device} (overhead.csv)", path)
+
+
+@app.command("export")
+def export_cmd(plan: str = typer.Argument(..., help="Plan folder (or a search/fit run holding one plan)."),
+               to: str = typer.Option("cache-dit", "--to", help="Target format: cache-dit (steps_computation_mask)."),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: PLAN/<to>.json)."),
+               branch: Optional[str] = typer.Option(None, "--branch", help="Export this branch's cached steps "
+                                                    "(default: steps every branch caches).")) -> None:
+    """Write a plan's computed-step mask for another caching library (what carries over is listed in the file)."""
+    from .export import read_export, write_export
+    from .plan import load_plan
+
+    loaded = load_plan(plan)
+    path = write_export(loaded, out or loaded.folder / f"{to}.json", to=to, branch=branch, source=loaded.folder)
+    data = read_export(path)
+    mask = "".join(str(int(v)) for v in data["steps_computation_mask"])
+    console.print(f"steps_computation_mask ({data['num_inference_steps']} steps, 1 = compute): {mask}")
+    for line in data["does_not_carry_over"]:
+        console.print(f"[yellow]not carried over:[/yellow] {line}", highlight=False)
+    console.print(f"[bold]wrote:[/bold] {path}")
 
 
 def main() -> None:

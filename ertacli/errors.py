@@ -15,3 +15,13 @@ class UserError(Exception):
     def message(self) -> str:
         """The single-line message."""
         return str(self)
+
+
+class PlanMismatch(UserError, ValueError):
+    """A plan used with a model, step count, shape or scheduler other than the one it was calibrated on."""
+
+
+def require_same(what: str, field: str, recorded, actual, redo: str, error: type = UserError) -> None:
+    """The one same-settings check: `what` was made with `field` = recorded, this run has actual -> one line."""
+    if recorded != actual:
+        raise error(f"{what} was made with {field} {recorded}, this run has {actual}: {redo}")

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import UserError
+from .errors import PlanMismatch, UserError, require_same
 
 PLAN_FILE = "plan.json"
 RECT_FILE = "rectify.safetensors"
 FORMAT = 1
+TRANSIENT = ("tensors", "folder")  # held in memory, never written into plan.json
 
 
 def recipe_key(recipe) -> str:
@@ -38,7 +39,12 @@ def model_id(recipe) -> str:
 
 @dataclass
 class Plan:
-    """A cached-step policy, and after `fit` its timestep adjustment and rectification."""
+    """A cached-step policy, and after `fit` its timestep adjustment and rectification.
+
+    `cached_steps[branch]` are the steps whose transformer call is replaced by the predicted residual;
+    `adjusted_sigmas` (after fit) are the sigmas sampled with; `rectify` holds the error-correction coefficients
+    (scalars here, per-channel or per-element ones in `tensors`, saved as rectify.safetensors).
+    """
 
     recipe: str
     recipe_key: str
@@ -59,9 +65,12 @@ class Plan:
     fit: dict | None = None
     adjusted_sigmas: list[float] | None = None
     rectify: dict | None = None
+    model_class: str | None = None  # the transformer's class (plans made before this field: None, not checked)
     tool_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: int = FORMAT
+    tensors: dict | None = field(default=None, repr=False, compare=False)  # per-channel / per-element a, b
+    folder: Path | None = field(default=None, repr=False, compare=False)  # where it was loaded from
 
     @property
     def nfe(self) -> int:
@@ -70,6 +79,7 @@ class Plan:
 
     @property
     def n_cached(self) -> int:
+        """Cached transformer calls per sample, summed over branches."""
         return sum(len(self.cached_steps.get(b, [])) for b in self.branches)
 
     @property
@@ -77,18 +87,41 @@ class Plan:
         """T / (T - |S|), over all branches."""
         return self.steps * len(self.branches) / self.nfe
 
+    @property
+    def where(self) -> str:
+        """How error messages name this plan: its folder, else its recipe."""
+        return f"plan {self.folder}" if self.folder is not None else f"plan (recipe {self.recipe})"
+
     def cached_sets(self) -> dict[str, set[int]]:
+        """Cached steps per branch as sets."""
         return {b: set(self.cached_steps.get(b, [])) for b in self.branches}
 
-    def save(self, folder: Path, tensors: dict | None = None) -> Path:
-        """Write plan.json (and rectify.safetensors when given tensors) into `folder`."""
+    def copy(self, **changes) -> "Plan":
+        """A copy with some fields replaced."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(changes)
+        return Plan(**json.loads(json.dumps({k: v for k, v in data.items() if k not in TRANSIENT}, default=str)),
+                    tensors=data["tensors"], folder=data["folder"])
+
+    def to_json(self) -> dict:
+        """The plan.json content."""
+        return {k: v for k, v in asdict(self).items() if k not in TRANSIENT}
+
+    def save(self, folder: str | Path, tensors: dict | None = None) -> Path:
+        """Write plan.json (and rectify.safetensors for per-channel / per-element coefficients) into `folder`."""
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / PLAN_FILE).write_text(json.dumps(asdict(self), indent=1, sort_keys=False) + "\n")
+        (folder / PLAN_FILE).write_text(json.dumps(self.to_json(), indent=1, sort_keys=False) + "\n")
+        tensors = tensors if tensors is not None else self.tensors
         if tensors:
             from safetensors.torch import save_file
 
             save_file({k: t.contiguous() for k, t in tensors.items()}, str(folder / RECT_FILE))
         return folder
+
+    def coeffs(self) -> dict[str, dict[int, tuple]]:
+        """Rectification coefficients per branch and step as float64 tensors."""
+        return coeffs_from(self, self.tensors)
 
 
 def find_plan_dir(path: str | Path) -> Path:
@@ -105,42 +138,45 @@ def find_plan_dir(path: str | Path) -> Path:
     return found[0]
 
 
-def load_plan(path: str | Path) -> tuple[Plan, Path]:
-    """Read a plan folder; malformed files give a one-line error."""
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan folder (or a run directory holding one plan); malformed files give a one-line error."""
     folder = find_plan_dir(path)
     try:
         data = json.loads((folder / PLAN_FILE).read_text())
         data["cached_steps"] = {b: [int(k) for k in s] for b, s in data["cached_steps"].items()}
         plan = Plan(**data)
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
         raise UserError(f"{folder / PLAN_FILE}: not a valid ertacache plan ({exc}); re-run `ertacache search`")
     if plan.format != FORMAT:
         raise UserError(f"{folder / PLAN_FILE}: plan format {plan.format}, this tool reads {FORMAT}; re-run search")
-    return plan, folder
+    plan.folder = folder
+    plan.tensors = _read_tensors(plan, folder)
+    return plan
 
 
-def check_plan(plan: Plan, recipe, folder: Path) -> None:
+def _read_tensors(plan: Plan, folder: Path) -> dict | None:
+    """rectify.safetensors for per-channel / per-element coefficients (None for scalar or no rectification)."""
+    if not plan.rectify or not plan.rectify.get("enabled") or plan.rectify.get("granularity") == "scalar":
+        return None
+    from safetensors.torch import load_file
+
+    f = folder / RECT_FILE
+    if not f.is_file():
+        raise UserError(f"plan {folder}: {RECT_FILE} is missing; re-run `ertacache fit`")
+    return load_file(str(f))
+
+
+def check_plan(plan: Plan, recipe) -> None:
     """Refuse a plan made for another recipe, model, step count or sampling settings."""
     redo = f"re-run `ertacache search --model {recipe.name}` (then `fit`) for this recipe"
-    if plan.steps != recipe.sampling.steps:
-        raise UserError(f"plan {folder} has {plan.steps} steps, this run uses {recipe.sampling.steps}: {redo}")
-    if plan.model_id != model_id(recipe):
-        raise UserError(f"plan {folder} is for model {plan.model_id}, this run uses {model_id(recipe)}: {redo}")
-    if plan.recipe_key != recipe_key(recipe):
-        raise UserError(f"plan {folder} was made with other model/sampling settings (recipe {plan.recipe}, "
-                        f"key {plan.recipe_key} != {recipe_key(recipe)}; size, frames, guidance or dtype differ): {redo}")
+    require_same(plan.where, "steps", plan.steps, recipe.sampling.steps, redo, PlanMismatch)
+    require_same(plan.where, "model", plan.model_id, model_id(recipe), redo, PlanMismatch)
+    require_same(plan.where, "model/sampling settings key (size, frames, guidance or dtype)", plan.recipe_key,
+                 recipe_key(recipe), redo, PlanMismatch)
     for b, steps in plan.cached_steps.items():
         bad = [k for k in steps if k <= 0 or k >= plan.steps - 1]
         if bad:
-            raise UserError(f"plan {folder}: branch {b} caches steps {bad}; steps 0 and T-1 are always computed")
-
-
-def check_sample_shape(plan: Plan, branch: str, shape: list[int], folder: Path) -> None:
-    """Refuse a plan whose per-sample transformer output shape differs from this run's."""
-    want = plan.sample_shape.get(branch)
-    if want is not None and list(want) != list(shape):
-        raise UserError(f"plan {folder} was fitted on latent shape {want}, this run has {list(shape)}: "
-                        f"re-run `ertacache search` and `fit` at this size")
+            raise UserError(f"{plan.where}: branch {b} caches steps {bad}; steps 0 and T-1 are always computed")
 
 
 def coeffs_from(plan: Plan, tensors: dict | None = None) -> dict[str, dict[int, tuple]]:
@@ -157,18 +193,6 @@ def coeffs_from(plan: Plan, tensors: dict | None = None) -> dict[str, dict[int, 
         b, k, which = key.rsplit(".", 2)
         out.setdefault(b, {}).setdefault(int(k), [None, None])[0 if which == "a" else 1] = t
     return {b: {k: tuple(v) for k, v in d.items()} for b, d in out.items()}
-
-
-def plan_coeffs(plan: Plan, folder: Path) -> dict[str, dict[int, tuple]]:
-    """Coefficients of a saved plan, reading rectify.safetensors for per-channel / per-element a, b."""
-    if not plan.rectify or not plan.rectify.get("enabled") or plan.rectify["granularity"] == "scalar":
-        return coeffs_from(plan)
-    from safetensors.torch import load_file
-
-    f = folder / RECT_FILE
-    if not f.is_file():
-        raise UserError(f"plan {folder}: {RECT_FILE} is missing; re-run `ertacache fit`")
-    return coeffs_from(plan, load_file(str(f)))
 
 
 def plan_summary(plan: Plan) -> dict[str, Any]:

@@ -58,3 +58,26 @@ def results(tmp_path, monkeypatch):
     monkeypatch.setenv("ERTACACHE_RESULTS", str(tmp_path / "results"))
     monkeypatch.chdir(tmp_path)
     return tmp_path / "results"
+
+
+class LoadedSession:
+    """A controller's Session on a loaded recipe pipeline, with `run_batch(recipe, prompts, seeds)` for tests."""
+
+    def __init__(self, loaded, controller, micro_batch: int = 0):
+        from ertacli.engine import Session
+
+        self.loaded, self.controller = loaded, controller
+        self.session = Session(loaded.pipe, loaded.backbone, controller, micro_batch, loaded.compile)
+
+    def __enter__(self) -> "LoadedSession":
+        self.session.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.session.__exit__(*exc)
+
+    def run_batch(self, recipe, prompts, seeds):
+        from ertacli.backbones.sampler import Sampler
+
+        self.session.fresh()
+        return Sampler.from_recipe(self.loaded, recipe).run(prompts, seeds)

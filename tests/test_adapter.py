@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import cli
+from conftest import LoadedSession, cli
 
 FAST = ["--set", "sampling.steps=10", "--set", "eval.warmup=0",
         "--set", "eval.timing_rounds=1", "--set", "eval.timing_samples=1", "-q"]
@@ -51,14 +51,14 @@ def test_adapter_whole_loop(results, monkeypatch, capsys):
 def test_adapter_lambda_zero_equals_plain_loop():
     """Hooks attached, nothing cached: the adapter pipeline's output equals its run without hooks."""
     from ertacli.backbones.loader import load_pipeline
-    from ertacli.backbones.runner import run_batch
+    from ertacli.backbones.sampler import run_batch
     from ertacli.engine import ApplyController, Session
     from ertacli.recipe import resolve_recipe
 
     recipe = resolve_recipe("toy-adapter", ["sampling.steps=6"])
     loaded = load_pipeline(recipe, "cpu")
     plain = run_batch(loaded, recipe, ["a red cat"], [3])
-    with Session(loaded, ApplyController(6, {}, residual="latent")) as session:
+    with LoadedSession(loaded, ApplyController(6, {}, residual="latent")) as session:
         hooked = session.run_batch(recipe, ["a red cat"], [3])
         assert dict(session.controller.nfe) == {"cond": 6, "uncond": 6}
     assert torch.equal(plain.latents, hooked.latents)

@@ -10,10 +10,10 @@ import torch
 
 from ertacli.backbones import get_backbone, registered
 from ertacli.backbones.loader import load_pipeline, resolve_device
-from ertacli.backbones.runner import run_batch, run_samples
+from ertacli.backbones.sampler import run_batch
 from ertacli.backbones.text import HashTextEncoder, PipelineTextEncoder
 from ertacli.errors import UserError
-from ertacli.metrics import compute_metrics, psnr, ssim
+from ertacli.evaluation.metrics import compute_metrics, psnr, ssim
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -25,7 +25,8 @@ def make_recipe(pipeline: str, steps: int = 2, **sampling) -> SimpleNamespace:
     s.update(sampling)
     model = SimpleNamespace(pipeline=pipeline, source="tiny", path=None, dtype="float32", seed=0, tiny={},
                             scheduler=None)
-    return SimpleNamespace(name="test", model=model, sampling=SimpleNamespace(**s))
+    return SimpleNamespace(name="test", model=model, sampling=SimpleNamespace(**s),
+                           calibration=SimpleNamespace(micro_batch=0))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_wan_shapes(wan):
 def test_batch_matches_per_sample(which, request):
     loaded, recipe = request.getfixturevalue(which)
     batch = run_batch(loaded, recipe, PROMPTS, [7, 8])
-    singles = run_samples(loaded, recipe, PROMPTS, [7, 8])
+    singles = [run_batch(loaded, recipe, [p], [s]) for p, s in zip(PROMPTS, [7, 8])]
     for i, single in enumerate(singles):
         assert torch.allclose(batch.latents[i : i + 1], single.latents, atol=1e-4)
     again = run_batch(loaded, recipe, PROMPTS, [7, 8])
@@ -86,13 +87,6 @@ def test_batch_matches_per_sample(which, request):
     other = run_batch(loaded, recipe, PROMPTS, [7, 9])
     assert torch.equal(other.latents[0], batch.latents[0])
     assert not torch.allclose(other.latents[1], batch.latents[1])
-
-
-def test_run_samples_progress(flux):
-    loaded, recipe = flux
-    ticks = []
-    results = run_samples(loaded, recipe, PROMPTS, [1, 2], progress=lambda: ticks.append(1))
-    assert len(results) == 2 and len(ticks) == 2 and results[0].latents.shape[0] == 1
 
 
 def test_hash_encoder():
@@ -125,7 +119,7 @@ def test_metrics():
 
 
 def test_media(tmp_path):
-    from ertacli.media import save_grid, save_image, save_video
+    from ertacli.runs.media import save_grid, save_image, save_video
 
     img = torch.rand(3, 16, 16)
     assert save_image(img, tmp_path / "a.png").stat().st_size > 0

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import cli
+from ertacli.errors import UserError
 
 TINY = ["--set", "model.source=tiny", "--set", "model.dtype=float32", "--set", "sampling.steps=6",
         "--set", "sampling.height=32", "--set", "sampling.width=32", "--set", "eval.warmup=0",
@@ -61,11 +62,15 @@ def test_weights_in_hub_cache_pass_the_check(results, tmp_path):
     (repo / "refs" / "main").write_text("abc123")
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     (repo / "snapshots" / "abc123" / "model_index.json").write_text("{}")
-    check_weights(resolve_recipe("flux"), "flux")
+    assert check_weights(resolve_recipe("flux"), "flux") is None
+    (repo / "snapshots" / "abc123" / "model_index.json").unlink()
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        check_weights(resolve_recipe("flux"), "flux")
 
 
 def test_bench_flux_tiny_cpu_end_to_end(results, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "bench", "--model", "flux", "--lambda", "0.6", "--device", "cpu", *TINY)
+    code, out, err = cli(monkeypatch, capsys, "bench", "--model", "flux", "--lambda", "0.6", "--device", "cpu",
+                         "--ablation", *TINY)
     assert code == 0, err
     run = sorted((results / "flux").glob("bench-*"))[-1]
     table = pd.read_csv(run / "bench.csv")
@@ -74,3 +79,6 @@ def test_bench_flux_tiny_cpu_end_to_end(results, monkeypatch, capsys):
     resources = json.loads((run / "resources.json").read_text())
     assert resources["kind"] == "process_peak_rss" and resources["peak_bytes"] > 0
     assert (run / "bench.md").is_file() and "bench" in out
+    abl = pd.read_csv(run / "ablation.csv")  # --ablation: the paper's Table 3 rows at the same cached count
+    assert list(abl["method"]) == ["uniform cache", "offline policy", "+ timestep adjustment", "+ error rectification"]
+    assert abl["cached_steps"].nunique() == 1 and (abl["nfe"] == table["nfe"].iloc[0]).all()

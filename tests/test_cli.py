@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli
+from conftest import LoadedSession, cli
 
 FAST = ["--set", "sampling.steps=8", "--set", "eval.warmup=0",
         "--set", "eval.timing_rounds=1", "--set", "eval.timing_samples=1", "-q"]
@@ -105,10 +105,11 @@ def test_lambda_zero_plan_equals_baseline(results, monkeypatch, capsys):
 
 @pytest.mark.parametrize("granularity", ["channel", "element"])
 def test_fit_plan_round_trip_replays_fit_trajectory(results, monkeypatch, capsys, granularity):
-    from ertacli.commands.common import Job, Samples
-    from ertacli.commands.fit import apply_controller
+    from ertacli.calibration.samples import Samples
+    from ertacli.runs.job import Job
+    from ertacli.calibration.passes import apply_controller
     from ertacli.engine import Session
-    from ertacli.plan import load_plan, plan_coeffs
+    from ertacli.plan import load_plan
 
     plan_dir = _search_one(results, monkeypatch, capsys, "0.5")
     sets = [*FAST, "--set", f"fit.granularity={granularity}"]
@@ -116,13 +117,14 @@ def test_fit_plan_round_trip_replays_fit_trajectory(results, monkeypatch, capsys
                          "--adjust", "on", "--rectify", "on", *sets)
     assert code == 0, err
     (fit_run,) = runs(results, "tiny-flux-random", "fit")
-    plan, folder = load_plan(fit_run)
+    plan = load_plan(fit_run)
+    folder = plan.folder
     assert plan.rectify["granularity"] == granularity and (folder / "rectify.safetensors").is_file()
     assert plan.adjusted_sigmas[0] == plan.base_sigmas[0] and plan.adjusted_sigmas[-1] == 0.0
     job = Job.make("tiny-flux-random", [s for s in sets if s.startswith(("model", "sampling", "eval", "fit"))], "cpu")
     fit_set = Samples(plan.fit["fit_samples"]["prompts"], plan.fit["fit_samples"]["seeds"])
-    ctl = apply_controller(job, plan, plan_coeffs(plan, folder), plan.adjusted_sigmas)
-    with Session(job.loaded, ctl) as session:
+    ctl = apply_controller(plan, job.loaded.backbone.channel_dim, plan.coeffs(), plan.adjusted_sigmas)
+    with LoadedSession(job.loaded, ctl) as session:
         replay = session.run_batch(job.recipe, fit_set.prompts, fit_set.seeds)
     assert torch.equal(replay.latents, load_file(str(fit_run / "fit_latents.safetensors"))["latents"])
 
@@ -131,7 +133,7 @@ def test_plan_refused_for_other_steps_and_recipe(results, monkeypatch, capsys):
     plan = _search_one(results, monkeypatch, capsys, "0.5")
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan),
                        *FAST, "--set", "sampling.steps=6")
-    assert code == 2 and "has 8 steps, this run uses 6" in err and "re-run" in err
+    assert code == 2 and "made with steps 8, this run has 6" in err and "re-run" in err
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-wan-random", "--plan", str(plan), *FAST)
     assert code == 2 and "re-run `ertacache search --model tiny-wan-random`" in err
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan), *FAST,
@@ -164,12 +166,12 @@ def test_demo_table_and_ablation(results, monkeypatch, capsys):
 
     table = pd.read_csv(demo / "demo.csv")
     base, table = table.iloc[0], table.iloc[1:]
-    assert base["row"] == "uncached baseline" and base["nfe"] == 8 and base["ssim"] == 1.0
+    assert base["method"] == "uncached baseline" and base["nfe"] == 8 and base["ssim"] == 1.0
     assert list(table["lambda"]) == [0.3, 0.8]
     assert {"cached_steps", "nfe", "speedup", "psnr", "ssim"} <= set(table.columns)
     assert (table["nfe"] == 8 - table["cached_steps"]).all()
     abl = pd.read_csv(demo / "ablation.csv")
-    assert list(abl["row"]) == ["uniform cache", "offline policy", "+ timestep adjustment", "+ error rectification"]
+    assert list(abl["method"]) == ["uniform cache", "offline policy", "+ timestep adjustment", "+ error rectification"]
     assert abl["cached_steps"].nunique() == 1 and abl["nfe"].nunique() == 1
     assert "ERTACache on tiny-flux-random" in out and "run directory" in out
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli
+from conftest import LoadedSession, cli
 
 STEPS = 6
 CACHED = [[1, 2, 3, 4], [2], [1, 3], []]  # several plans, known before sampling starts
@@ -45,7 +45,7 @@ def _runs(recipe_name: str, compile_: bool) -> tuple[list, list]:
     outs, nfes = [], []
     for cached in [[]] + CACHED:
         ctl = ApplyController(STEPS, {b: set(cached) for b in loaded.backbone.branches}, residual=recipe.cache.residual)
-        with Session(loaded, ctl) as session:
+        with LoadedSession(loaded, ctl) as session:
             outs.append(session.run_batch(recipe, ["a red circle", "two blue squares"], [0, 1]).latents)
         nfes.append(sum(ctl.nfe.values()))
         if compile_ and len(outs) == 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ertacli.backbones.runner import run_batch
+from ertacli.backbones.sampler import run_batch
 from ertacli.engine import (
     ApplyController,
     FitController,
@@ -17,7 +17,7 @@ from ertacli.engine import (
 )
 from ertacli.engine.rectify import coeff_shape
 
-from conftest import PROMPTS, SEEDS
+from conftest import LoadedSession, PROMPTS, SEEDS
 
 
 def _plain(loaded, recipe):
@@ -25,7 +25,7 @@ def _plain(loaded, recipe):
 
 
 def _with(loaded, recipe, controller):
-    with Session(loaded, controller) as s:
+    with LoadedSession(loaded, controller) as s:
         return s.run_batch(recipe, PROMPTS, SEEDS)
 
 
@@ -321,7 +321,7 @@ def test_refused_adjustment_leaves_no_hooks(tiny_flux, flux_profile):
     try:
         ctl = ApplyController(T, cached={"cond": {2}}, schedule=LiveSchedule(flux_profile["sigmas"]))
         with pytest.raises(AdjustmentRefused):
-            with Session(loaded, ctl):
+            with LoadedSession(loaded, ctl):
                 pass
         assert type(loaded.pipe.scheduler) is UniPCMultistepScheduler
     finally:
@@ -342,13 +342,13 @@ def test_micro_batches_keep_decisions_and_outputs(name, request):
     prompts, seeds = ["a seven", "a two", "a four"], [0, 1, 2]
     T = recipe.sampling.steps
     rec = RecordController(T)
-    with Session(loaded, rec) as s:
+    with LoadedSession(loaded, rec) as s:
         s.run_batch(recipe, prompts, seeds)
     gt = {b: v["R"] for b, v in rec.stats.items()}
     outs, plans = [], []
     for mb in (0, 2):
         ctl = SearchController(T, 0.5, gt)
-        with Session(loaded, ctl, micro_batch=mb) as s:
+        with LoadedSession(loaded, ctl, micro_batch=mb) as s:
             outs.append(s.run_batch(recipe, prompts, seeds).latents)
         plans.append(dict(ctl.cached_steps))
     assert plans[0] == plans[1] and any(plans[0].values())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from ertacli.commands.compare import _pick
+from ertacli.evaluation.peer_tuning import pick
 from ertacli.errors import UserError
 from ertacli.presets import METHODS, method_overrides, preset_of
 from ertacli.recipe import resolve_recipe, with_overrides
@@ -44,10 +44,10 @@ def test_unknown_method_is_a_user_error(monkeypatch, capsys):
 def test_peer_pick_is_best_quality_at_matched_nfe():
     tried = [{"setting": "a", "nfe": 10, "psnr": 30.0}, {"setting": "b", "nfe": 10, "psnr": 35.0},
              {"setting": "c", "nfe": 12, "psnr": 50.0}, {"setting": "d", "nfe": 8, "psnr": 20.0}]
-    assert _pick(tried, 10)["setting"] == "b"  # never more NFE than the target, best PSNR among matches
-    assert _pick(tried, 11)["setting"] == "b"  # 10 is within one call of 11
-    assert _pick(tried, 9)["setting"] == "d"  # 8 is within one call of 9
-    assert _pick(tried, 7)["setting"] == "d"  # nothing matched: the nearest NFE
+    assert pick(tried, 10)["setting"] == "b"  # never more NFE than the target, best PSNR among matches
+    assert pick(tried, 11)["setting"] == "b"  # 10 is within one call of 11
+    assert pick(tried, 9)["setting"] == "d"  # 8 is within one call of 9
+    assert pick(tried, 7)["setting"] == "d"  # nothing matched: the nearest NFE
 
 
 def test_sweep_matched_nfe_marks_best_calibrated(results, monkeypatch, capsys):

@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 import torch
 
-from ertacli import perceptual as P
-from ertacli.metrics import compute_metrics, get_metric
+from ertacli.evaluation import perceptual as P
+from ertacli.evaluation.metrics import compute_metrics, get_metric
 
 PROMPT = "a red circle"
 
@@ -50,6 +50,9 @@ def no_weights(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
     def refuse(*a, **k):
@@ -167,7 +170,7 @@ def test_injected_networks_are_available(no_weights, alex_random, tiny_clip):
 def test_vbench_missing_package(monkeypatch, tmp_path):
     import importlib.util
 
-    from ertacli import vbench_eval
+    from ertacli.evaluation import vbench as vbench_eval
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vbench" else real(name, *a))
@@ -176,7 +179,7 @@ def test_vbench_missing_package(monkeypatch, tmp_path):
 
 
 def test_vbench_dimension_and_weight_checks(monkeypatch, tmp_path):
-    from ertacli import vbench_eval
+    from ertacli.evaluation import vbench as vbench_eval
     from ertacli.errors import UserError
 
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path))
@@ -222,7 +225,7 @@ def test_clip_loads_checkpoint_file(no_weights, tiny_clip, monkeypatch):
 def test_saved_markdown_names_each_missing_reason_once(tmp_path):
     import pandas as pd
 
-    from ertacli.tables import save_table
+    from ertacli.runs.tables import save_table
 
     why = "missing: metric 'lpips' unavailable: /x/alexnet.pth not found"
     df = pd.DataFrame({"row": ["a", "b"], "psnr": [30.0, 31.0], "lpips": [why, why]})

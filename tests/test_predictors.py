@@ -7,15 +7,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ertacli.backbones.runner import run_batch
+from ertacli.backbones.sampler import run_batch
 from ertacli.engine import ApplyController, FitController, LiveSchedule, RecordController, Session
 from ertacli.engine.predict import Predictor, newton_term
 
-from conftest import PROMPTS, SEEDS
+from conftest import LoadedSession, PROMPTS, SEEDS
 
 
 def _with(loaded, recipe, controller):
-    with Session(loaded, controller) as s:
+    with LoadedSession(loaded, controller) as s:
         return s.run_batch(recipe, PROMPTS, SEEDS)
 
 
@@ -123,8 +123,8 @@ def test_fitted_gain_replays_exactly(which, cached, adjust, request):
 # ---------------------------------------------------------------- placement never worse
 
 def test_placement_never_worse_than_start(tiny_wan):
-    from ertacli.commands.common import Samples
-    from ertacli.commands.placement import move, optimize_placement, placement_error
+    from ertacli.calibration.samples import Samples
+    from ertacli.calibration.placement import move, optimize_placement, placement_error
     from ertacli.plan import Plan
 
     loaded, recipe = tiny_wan
@@ -133,7 +133,9 @@ def test_placement_never_worse_than_start(tiny_wan):
     prof = _profile(loaded, recipe)
     samples = Samples(list(PROMPTS), list(SEEDS))
     ref = _with(loaded, recipe, RecordController(T)).latents
-    job = SimpleNamespace(loaded=loaded, recipe=recipe, quiet=True)
+    from ertacli.backbones.sampler import Sampler
+
+    job = Sampler.from_recipe(loaded, recipe)
     branches = list(loaded.backbone.branches)
     plan = Plan(recipe="t", recipe_key="k", model_id="m", steps=T, scheduler={}, residual="hidden",
                 base_sigmas=prof["sigmas"], branches=branches, cached_steps={b: [1, 2] for b in branches},
@@ -155,15 +157,16 @@ def test_cli_extrapolating_search_fit_gain_and_placement(results, monkeypatch, c
     from conftest import cli
     from test_cli import FAST, runs
 
-    from ertacli.commands.common import Job, Samples
-    from ertacli.commands.fit import apply_controller
-    from ertacli.plan import load_plan, plan_coeffs
+    from ertacli.calibration.samples import Samples
+    from ertacli.runs.job import Job
+    from ertacli.calibration.passes import apply_controller
+    from ertacli.plan import load_plan
 
     code, _, err = cli(monkeypatch, capsys, "search", "-m", "tiny-flux-random", "--lambda", "0.5",
                        "--predictor", "extrapolate", "--order", "2", *FAST)
     assert code == 0, err
     plan_dir = sorted(runs(results, "tiny-flux-random", "search")[-1].glob("plans/*"))[0]
-    searched, _ = load_plan(plan_dir)
+    searched = load_plan(plan_dir)
     assert searched.predictor == {"kind": "extrapolate", "order": 2, "abscissa": "sigma", "c": 1.0}
     assert searched.n_cached > 0
     code, out, err = cli(monkeypatch, capsys, "fit", "-m", "tiny-flux-random", "--plan", str(plan_dir),
@@ -172,14 +175,15 @@ def test_cli_extrapolating_search_fit_gain_and_placement(results, monkeypatch, c
     assert code == 0, err
     assert "placement: calibration L1" in out
     (fit_run,) = runs(results, "tiny-flux-random", "fit")
-    plan, folder = load_plan(fit_run)
+    plan = load_plan(fit_run)
+    folder = plan.folder
     assert plan.placement["after"] <= plan.placement["before"] and plan.placement["trials"] <= 3
     assert plan.nfe == searched.nfe and plan.fit["decision"]["gain"] is True
     assert isinstance(plan.predictor["c"], dict) and plan.predictor["c"]["cond"]
     assert set(plan.predictor["c"]["cond"]) <= {str(k) for k in plan.cached_steps["cond"]}
     job = Job.make("tiny-flux-random", [s for s in FAST if s.startswith(("model", "sampling", "eval", "fit"))], "cpu")
     fit_set = Samples(plan.fit["fit_samples"]["prompts"], plan.fit["fit_samples"]["seeds"])
-    ctl = apply_controller(job, plan, plan_coeffs(plan, folder), plan.adjusted_sigmas)
-    with Session(job.loaded, ctl) as session:
+    ctl = apply_controller(plan, job.loaded.backbone.channel_dim, plan.coeffs(), plan.adjusted_sigmas)
+    with LoadedSession(job.loaded, ctl) as session:
         replay = session.run_batch(job.recipe, fit_set.prompts, fit_set.seeds)
     assert torch.equal(replay.latents, load_file(str(fit_run / "fit_latents.safetensors"))["latents"])

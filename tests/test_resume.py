@@ -9,7 +9,7 @@ import signal
 import torch
 from safetensors.torch import load_file
 
-import ertacli.backbones.runner as runner
+from ertacli.backbones.sampler import Sampler
 from conftest import cli
 from test_cli import FAST, runs
 
@@ -22,15 +22,15 @@ def test_interrupt_then_resume_equals_uninterrupted(results, monkeypatch, capsys
     (reference,) = runs(results, "tiny-flux-random", "generate")
 
     calls: list[tuple] = []
-    real = runner.run_batch
+    real = Sampler.run
 
-    def counting(loaded, recipe, prompts, seeds, on_step=None):
+    def counting(self, prompts, seeds, on_step=None):
         calls.append((tuple(prompts), tuple(seeds)))
         if len(calls) == 3 and os.environ.get("ERTA_TEST_KILL") == "1":
             os.kill(os.getpid(), signal.SIGINT)  # a real signal after 2 finished samples
-        return real(loaded, recipe, prompts, seeds, on_step=on_step)
+        return real(self, prompts, seeds, on_step=on_step)
 
-    monkeypatch.setattr(runner, "run_batch", counting)
+    monkeypatch.setattr(Sampler, "run", counting)
     monkeypatch.setenv("ERTA_TEST_KILL", "1")
     code, _, err = cli(monkeypatch, capsys, *ARGS)
     assert code == 130

@@ -8,7 +8,7 @@ import pytest
 import typer
 
 from ertacli.errors import UserError
-from ertacli.rundir import RunDir, env_info, latest_run
+from ertacli.runs.rundir import RunDir, env_info, latest_run
 
 
 def entries(path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from ertacli.commands.common import Job, Samples
-from ertacli.commands.evaluate import paired_timing
-from ertacli.commands.methods import PlanMethod
-from ertacli.plan import Plan, model_id, recipe_key
+from ertacli.calibration.samples import Samples
+from ertacli.commands.eval import timed
+from ertacli.evaluation.runners import PlanRunner
+from ertacli.plan import Plan, load_plan, model_id, recipe_key
+from ertacli.runs.job import Job
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_paired_timing_matches_nfe_ratio(tmp_path, predictor):
     inner = next(iter(first.children()))  # runs only when the block stack really computes
     handle = inner.register_forward_pre_hook(lambda *a: time.sleep(SLEEP))
     try:
-        timing = paired_timing(job, Samples(["a seven"], [0]), PlanMethod(job, str(tmp_path / "plan")))
+        timing = timed(job, Samples(["a seven"], [0]), PlanRunner(job.sampler, load_plan(tmp_path / "plan")))
     finally:
         handle.remove()
     ideal = plan.predicted_speedup

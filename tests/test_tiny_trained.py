@@ -11,8 +11,8 @@ import torch
 from conftest import cli
 from ertacli.backbones.loader import load_pipeline, model_path
 from ertacli.backbones.minilm import DIM, MAX_TOKENS, MiniLMTextEncoder
-from ertacli.backbones.runner import run_batch
-from ertacli.metrics import compute_metrics
+from ertacli.backbones.sampler import run_batch
+from ertacli.evaluation.metrics import compute_metrics
 from ertacli.recipe import resolve_recipe
 from ertacli.tinytrain.classifier import batch_accuracy, prompt_digit
 from ertacli.tinytrain.data import DIGIT_WORDS, digits, render_images, render_videos

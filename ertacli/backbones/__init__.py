@@ -64,7 +64,7 @@ register_backbone(
         channel_dim=-1,
         block_lists=("transformer_blocks", "single_transformer_blocks"),
         default_scheduler="FlowMatchEulerDiscreteScheduler",
-        tiny_builder="ertacli.backbones.tiny:build_tiny_flux",
+        tiny_builder="ertacli.backbones.tiny_flux_wan:build_tiny_flux",
         unbatched_args=("txt_ids", "img_ids"),
     )
 )
@@ -78,7 +78,7 @@ register_backbone(
         channel_dim=1,
         block_lists=("blocks",),
         default_scheduler="UniPCMultistepScheduler",
-        tiny_builder="ertacli.backbones.tiny:build_tiny_wan",
+        tiny_builder="ertacli.backbones.tiny_flux_wan:build_tiny_wan",
     )
 )
 
@@ -91,7 +91,7 @@ register_backbone(
         channel_dim=2,
         block_lists=("transformer_blocks",),  # CogVideoXBlock
         default_scheduler="CogVideoXDDIMScheduler",  # -2b; -5b ships CogVideoXDPMScheduler: no adjustment
-        tiny_builder="ertacli.backbones.tiny_more:build_tiny_cogvideox",
+        tiny_builder="ertacli.backbones.tiny_cogvideox_hunyuan_sd3_ltx:build_tiny_cogvideox",
         unbatched_args=("image_rotary_emb",),  # (cos, sin) over tokens (5b; the 2b uses sincos positions)
         default_branch="cond_uncond",
     )
@@ -106,7 +106,7 @@ register_backbone(
         channel_dim=1,
         block_lists=("transformer_blocks", "single_transformer_blocks"),  # HunyuanVideo(Single)TransformerBlock
         default_scheduler="FlowMatchEulerDiscreteScheduler",
-        tiny_builder="ertacli.backbones.tiny_more:build_tiny_hunyuanvideo",
+        tiny_builder="ertacli.backbones.tiny_cogvideox_hunyuan_sd3_ltx:build_tiny_hunyuanvideo",
     )
 )
 
@@ -119,7 +119,7 @@ register_backbone(
         channel_dim=1,
         block_lists=("transformer_blocks",),  # JointTransformerBlock
         default_scheduler="FlowMatchEulerDiscreteScheduler",
-        tiny_builder="ertacli.backbones.tiny_more:build_tiny_sd3",
+        tiny_builder="ertacli.backbones.tiny_cogvideox_hunyuan_sd3_ltx:build_tiny_sd3",
         default_branch="cond_uncond",
     )
 )
@@ -133,7 +133,7 @@ register_backbone(
         channel_dim=-1,
         block_lists=("transformer_blocks",),  # LTXVideoTransformerBlock
         default_scheduler="FlowMatchEulerDiscreteScheduler",  # with dynamic shifting (mu from the token count)
-        tiny_builder="ertacli.backbones.tiny_more:build_tiny_ltx",
+        tiny_builder="ertacli.backbones.tiny_cogvideox_hunyuan_sd3_ltx:build_tiny_ltx",
         unbatched_args=("rope_interpolation_scale",),  # a (t, h, w) scale tuple
         default_branch="cond_uncond",
     )

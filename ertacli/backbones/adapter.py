@@ -137,6 +137,7 @@ class AdapterPipeline:
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, t, {"latents": x})
         media = self.model.decode(x)
+        self.transformer._reset_stateful_cache()  # as diffusers pipelines do at the end of every call
         return (media,)
 
 

@@ -1,1 +1,1 @@
-"""Core functions behind each CLI command."""
+"""One module per CLI verb: resolve inputs, call the library (calibration, evaluation), write the run directory."""

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Job, Samples
+from ..runs.job import Job
 
 NO_GPU = "no CUDA GPU here: run on a GPU machine or BENCH_DEVICE=cpu with tiny weights"
 
@@ -69,29 +69,7 @@ def check_weights(recipe, model: str) -> None:
                     f"`hf download {path} --local-dir {folder}` and pass --set model.path={folder}")
 
 
-def _row(job: Job, samples: Samples, base_dir: Path, plan_dir: Path, plan, label: str) -> dict:
-    """Generate with a plan, score it against the baseline, time it (paired): one table row with latency."""
-    from .evaluate import compare, paired_timing
-    from .generate import run_generate
-    from .methods import PlanMethod
-
-    _reset_peak(job.device)
-    _, s = compare(job, run_generate(job, samples, str(plan_dir)), base_dir, list(job.recipe.eval.metrics))
-    s.update(paired_timing(job, samples, PlanMethod(job, str(plan_dir))))
-    from .common import peak_memory
-
-    fit = plan.fit or {}
-    scores = {m: "missing" if str(s[m]).startswith("missing:") else s[m] for m in job.recipe.eval.metrics}
-    return {"model": job.recipe.name, "method": label, "lambda": plan.lam, "cached_steps": plan.n_cached,
-            "nfe": s["nfe"], "baseline_nfe": s["baseline_nfe"], **scores,
-            "latency_s": s["timing_seconds"], "baseline_latency_s": s["timing_baseline_seconds"],
-            "speedup": s["speedup"], "ideal_speedup": s["ideal_speedup"],
-            "adjust": fit.get("decision", {}).get("adjust"), "rectify": fit.get("decision", {}).get("rectify"),
-            "peak_memory_gb": peak_memory(job.device)["peak_bytes"] / 2**30, "plan": str(plan_dir),
-            "missing": {m: s[m] for m in job.recipe.eval.metrics if scores[m] == "missing"}}
-
-
-def _reset_peak(device: str) -> None:
+def reset_peak(device: str) -> None:
     """Start a fresh CUDA peak-memory count (CPU peak RSS cannot be reset: it stays the process peak)."""
     if str(device).startswith("cuda"):
         import torch
@@ -99,13 +77,29 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def bench_row(job: Job, samples, base_dir: Path, plan_dir: Path, plan) -> dict:
+    """`plan_row` with the bench's extra columns: fit decisions, peak memory, metrics named missing."""
+    from ..runs.artifacts import peak_memory
+    from .eval import plan_row
+
+    reset_peak(job.device)
+    row = plan_row(job, samples, base_dir, plan_dir, "ertacache")
+    fit = plan.fit or {}
+    metrics = list(job.recipe.eval.metrics)
+    scores = {m: "missing" if str(row[m]).startswith("missing:") else row[m] for m in metrics}
+    return {"model": job.recipe.name, **row, **scores, "adjust": fit.get("decision", {}).get("adjust"),
+            "rectify": fit.get("decision", {}).get("rectify"),
+            "peak_memory_gb": peak_memory(job.device)["peak_bytes"] / 2**30,
+            "missing": {m: row[m] for m in metrics if scores[m] == "missing"}}
+
+
 def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with_ablation: bool = False):
     """profile -> search -> fit (validated) -> generate -> eval per lambda; returns (bench run dir, table)."""
     import pandas as pd
 
     from ..plan import find_plan_dir
-    from ..tables import save_table
-    from .common import write_resources
+    from ..runs.artifacts import write_resources
+    from ..runs.tables import save_table
     from .demo import ablation
     from .fit import run_fit
     from .generate import run_generate
@@ -114,15 +108,13 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
 
     profile_dir = run_profile(job)
     search_dir, summary = run_search(job, lambdas, str(profile_dir))
-    samples = job.eval_samples()
-    if n_samples:
-        samples = samples.subset(list(range(min(n_samples, len(samples)))))
+    samples = job.eval_samples().first(n_samples or None)
     base_dir = run_generate(job, samples, None)
     rows = []
     for rel in summary["plan"]:
         fit_dir, plan = run_fit(job, str(search_dir / rel))
-        rows.append(_row(job, samples, base_dir, find_plan_dir(fit_dir), plan, "ertacache"))
-    abl = ablation(job, samples, base_dir, search_dir / summary["plan"][0]) if with_ablation else []
+        rows.append(bench_row(job, samples, base_dir, find_plan_dir(fit_dir), plan))
+    abl = ablation(job, samples, base_dir, search_dir / summary["plan"][0], profile_dir) if with_ablation else []
     with job.rundir("bench") as run:
         job.start(run, "bench", samples.seeds)
         missing = {m: why for r in rows for m, why in r.pop("missing").items()}

@@ -6,7 +6,11 @@ import json
 import os
 from pathlib import Path
 
-from .common import Job, Samples, progress_bar, save_tensors
+from ..calibration.samples import Samples
+from ..errors import UserError
+from ..progress import progress_bar
+from ..runs.artifacts import load_tensors, read_json, save_tensors
+from ..runs.job import Job
 
 GENERATE_FILE = "generate.json"
 GRID_MAX = 20  # samples shown in grid.png (every sample is saved on its own)
@@ -17,7 +21,7 @@ def _save_media(run_path: Path, i: int, media, video: bool) -> str:
     """Write sample i as PNG, or as MP4 plus its uint8 frames tensor; returns the main file's name."""
     import torch
 
-    from ..media import save_image, save_video, to_uint8
+    from ..runs.media import save_image, save_video, to_uint8
 
     if not video:
         name = f"samples/{i:03d}.png"
@@ -49,16 +53,28 @@ def done_indices(run_path: Path) -> set[int]:
     return {int(p.stem) for p in (run_path / "records").glob("*.json")}
 
 
-def generate_samples(job: Job, samples: Samples, method, run_path: Path, todo: list[int],
+def runner_for(job: Job, plan_path: str | None):
+    """The runner for a plan (checked against the recipe) or, with no plan, the uncached baseline."""
+    from ..evaluation.runners import PlanRunner, baseline_runner
+    from ..plan import check_plan, load_plan
+
+    if plan_path is None:
+        return baseline_runner(job.sampler, job.recipe.cache.residual)
+    plan = load_plan(plan_path)
+    check_plan(plan, job.recipe)
+    return PlanRunner(job.sampler, plan)
+
+
+def generate_samples(job: Job, samples: Samples, runner, run_path: Path, todo: list[int],
                      label: str = "generate") -> None:
     """Run the samples `todo` one at a time after untimed warm-up calls; each is saved as soon as it is done."""
     video = job.loaded.backbone.media == "video"
-    with method, progress_bar(job.quiet) as bar:
+    with runner, progress_bar(job.quiet) as bar:
         for _ in range(job.recipe.eval.warmup if todo else 0):
-            method.run(samples.prompts[todo[0]], samples.seeds[todo[0]])
+            runner.run(samples.prompts[todo[0]], samples.seeds[todo[0]])
         task = bar.add_task(label, total=len(todo))
         for i in todo:
-            out, nfe, cached = method.run(samples.prompts[i], samples.seeds[i])
+            out, nfe, cached = runner.run(samples.prompts[i], samples.seeds[i])
             row = {"index": i, "prompt": samples.prompts[i], "seed": samples.seeds[i], "nfe": nfe,
                    "cached_calls": cached, "seconds": out.seconds,
                    "transformer_seconds": out.transformer_seconds}
@@ -76,9 +92,8 @@ def _merge(run, samples: Samples, video: bool) -> None:
     """Rank 0, once every sample exists: samples table, one latents file, the grid."""
     import pandas as pd
 
-    from ..media import save_grid
-    from ..tables import save_table
-    from .common import load_tensors
+    from ..runs.media import save_grid
+    from ..runs.tables import save_table
 
     rows = [json.loads((run.path / f"records/{i:03d}.json").read_text()) for i in range(len(samples))]
     lat = {f"sample.{i}": load_tensors(run.path / f"latents/{i:03d}.safetensors")["latents"] for i in range(len(rows))}
@@ -92,9 +107,6 @@ def _merge(run, samples: Samples, video: bool) -> None:
 
 def resume_inputs(job: Job, run_dir: str | Path) -> tuple[Samples, str | None]:
     """The samples and plan of an interrupted generate run directory."""
-    from ..errors import UserError
-    from .common import read_json
-
     p = Path(run_dir)
     if not (p / "inputs.json").is_file() or not p.name.startswith(".tmp-generate-"):
         raise UserError(f"{p} is not an interrupted generate run (look for results/<recipe>/.tmp-generate-*)")
@@ -104,31 +116,30 @@ def resume_inputs(job: Job, run_dir: str | Path) -> tuple[Samples, str | None]:
     return Samples(info["samples"]["prompts"], info["samples"]["seeds"]), info["method"]["plan"]
 
 
-def run_generate(job: Job, samples: Samples, plan_path: str | None = None, method=None,
+def run_generate(job: Job, samples: Samples, plan_path: str | None = None, runner=None,
                  resume: str | Path | None = None) -> Path:
-    """Write a generate run directory (with a plan, uncached, or with `method`); returns its path.
+    """Write a generate run directory (with a plan, uncached, or with `runner`); returns its path.
 
     Under torchrun each rank takes its shard of samples; `resume` continues an interrupted run directory.
     """
     from ..dist import WORLD, barrier
-    from .methods import PlanMethod
 
-    method = method or PlanMethod(job, plan_path)
+    runner = runner or runner_for(job, plan_path)
     video = job.loaded.backbone.media == "video"
     with job.rundir("generate", resumable=True, existing=resume, shared=True) as run:
         if resume is None:
             job.start(run, "generate", samples.seeds)
             if WORLD.main:
-                run.write_json("inputs.json", {"samples": samples.to_json(), "method": method.info})
+                run.write_json("inputs.json", {"samples": samples.to_json(), "method": runner.info})
         barrier()
         done = done_indices(run.path)
         todo = [i for i in WORLD.shard(len(samples)) if i not in done]
-        generate_samples(job, samples, method, run.path, todo)
+        generate_samples(job, samples, runner, run.path, todo)
         barrier()
         if WORLD.main:
             _merge(run, samples, video)
             run.write_json(GENERATE_FILE, {
-                "recipe_key": job.key, **method.info, "samples": samples.to_json(), "device": job.device,
+                "recipe_key": job.key, **runner.info, "samples": samples.to_json(), "device": job.device,
                 "dtype": job.recipe.model.dtype, "media": "video" if video else "image",
                 "resumed": resume is not None,
             })
@@ -140,8 +151,6 @@ def load_outputs(run_dir: Path, rows: list[dict]) -> list:
     import numpy as np
     import torch
     from PIL import Image
-
-    from .common import load_tensors
 
     out = []
     for row in rows:

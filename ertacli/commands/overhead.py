@@ -1,6 +1,6 @@
 """overhead: what a cached step costs, measured against the uncached pipeline in one run.
 
-For each cache ratio and predictor (reuse; extrapolation of order 1 and 2, gain 1), a plan that caches that share
+For each cache ratio and predictor (reuse; extrapolation of order 1 and 2, gain 1), a cache of that share
 of every branch's steps, evenly spaced (SPEC "Uniform cache"), is timed against the uncached pipeline with eval's
 paired timing (alternating calls after a warm-up round). The table gives the ideal speedup (the NFE ratio), the
 measured one and their ratio, and the transformer's share of the uncached call: the part a cache can remove.
@@ -10,32 +10,15 @@ weights at a backbone's full size (recipes `*-random`, built in code) as on the 
 
 from __future__ import annotations
 
+from ..calibration.samples import Samples
 from ..errors import UserError
-from .common import Job, Samples
-from .methods import PlanMethod
+from ..runs.job import Job
 
 PREDICTORS = {  # label -> cache.predictor settings (gain 1, step-index abscissa: the same arithmetic as sigma)
     "reuse": {"kind": "reuse"},
     "extrapolate-1": {"kind": "extrapolate", "order": 1, "abscissa": "index", "c": 1.0},
     "extrapolate-2": {"kind": "extrapolate", "order": 2, "abscissa": "index", "c": 1.0},
 }
-
-
-class UniformMethod(PlanMethod):
-    """The engine with `n_cached` evenly spaced cached steps on every branch and one predictor (no plan file)."""
-
-    def __init__(self, job: Job, n_cached: int, predictor: str):
-        from ..engine import ApplyController
-        from ..engine.predict import Predictor
-        from ..engine.schedule import uniform_cached_steps
-
-        T = job.recipe.sampling.steps
-        cached = set(uniform_cached_steps(T, n_cached))
-        self.job, self.plan, self.folder = job, None, None
-        self.ctl = ApplyController(T, {b: cached for b in job.loaded.backbone.branches},
-                                   residual=job.recipe.cache.residual,
-                                   predictor=Predictor.from_plan(PREDICTORS[predictor], []))
-        self.info = {"kind": "uniform", "n_cached": n_cached, "predictor": predictor}
 
 
 def cached_counts(T: int, ratios: list[float]) -> list[int]:
@@ -51,13 +34,27 @@ def cached_counts(T: int, ratios: list[float]) -> list[int]:
     return out
 
 
-def _one(job: Job, samples: Samples, n_cached: int, predictor: str, baseline) -> dict:
-    """Paired timing of one uniform plan (whole call and inside the transformer); NFE as counted in its last call."""
-    from .evaluate import paired_timing
+def uncalibrated_plan(job: Job, n_cached: int, predictor: str):
+    """A plan with no calibration: `n_cached` evenly spaced cached steps on every branch, one predictor."""
+    from ..calibration.uniform import uniform_plan
+    from ..plan import Plan, model_id
 
-    method = UniformMethod(job, n_cached, predictor)
-    t = paired_timing(job, samples, method, baseline)
-    nfe, n_cached_calls = sum(method.ctl.nfe.values()), sum(method.ctl.n_cached.values())
+    branches = list(job.loaded.backbone.branches)
+    empty = Plan(recipe=job.recipe.name, recipe_key=job.key, model_id=model_id(job.recipe),
+                 steps=job.recipe.sampling.steps, scheduler={}, residual=job.recipe.cache.residual, base_sigmas=[],
+                 branches=branches, cached_steps={}, sample_shape={}, calibration={},
+                 predictor=dict(PREDICTORS[predictor]))
+    return uniform_plan(empty, {b: n_cached for b in branches})
+
+
+def time_uniform(job: Job, samples: Samples, n_cached: int, predictor: str, baseline) -> dict:
+    """Paired timing of one uniform cache (whole call and inside the transformer); NFE as counted in its last call."""
+    from ..evaluation.runners import PlanRunner
+    from .eval import timed
+
+    runner = PlanRunner(job.sampler, uncalibrated_plan(job, n_cached, predictor))
+    t = timed(job, samples, runner, baseline)
+    nfe, n_cached_calls = runner.last_stats["nfe"], runner.last_stats["cached"]
     return {"predictor": predictor, "cached_per_branch": n_cached, "nfe": nfe, "cached_calls": n_cached_calls,
             "baseline_seconds": t["timing_baseline_seconds"], "cached_seconds": t["timing_seconds"],
             "speedup": t["speedup"], "transformer_baseline_seconds": t["transformer_baseline_seconds"],
@@ -69,22 +66,22 @@ def run_overhead(job: Job, ratios: list[float], predictors: list[str]) -> tuple:
     """Time every (ratio, predictor) against the baseline; returns (run dir, table)."""
     import pandas as pd
 
-    from ..tables import save_table
-    from .common import peak_memory, write_resources
+    from ..evaluation.runners import baseline_runner
+    from ..runs.artifacts import peak_memory, write_resources
+    from ..runs.tables import save_table
 
     unknown = [p for p in predictors if p not in PREDICTORS]
     if unknown:
         raise UserError(f"--predictor {unknown[0]!r}: choose from {', '.join(PREDICTORS)}")
     counts = cached_counts(job.recipe.sampling.steps, ratios)
-    samples = job.eval_samples()
-    samples = samples.subset(list(range(min(len(samples), job.recipe.eval.timing_samples))))
-    baseline = PlanMethod(job, None)
+    samples = job.eval_samples().first(job.recipe.eval.timing_samples)
+    baseline = baseline_runner(job.sampler, job.recipe.cache.residual)
     with baseline as m:
         _, nfe0, _ = m.run(samples.prompts[0], samples.seeds[0])
     rows = []
     for n in counts:
         for p in predictors:
-            r = _one(job, samples, n, p, baseline)
+            r = time_uniform(job, samples, n, p, baseline)
             ideal = nfe0 / r["nfe"]
             r.update({"baseline_nfe": nfe0, "ideal_speedup": ideal, "of_ideal": r["speedup"] / ideal,
                       "transformer_of_ideal": r["transformer_speedup"] / ideal,

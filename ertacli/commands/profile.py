@@ -1,51 +1,37 @@
-"""profile: uncached calibration runs with ground-truth residual logging (SPEC "profile")."""
+"""profile: uncached calibration runs with ground-truth residual logging -> a profile run directory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
-from .common import Job, calibration_pass, find_run, gather_rows, read_json, save_tensors
+from ..errors import UserError, require_same
+from ..runs.artifacts import find_run, read_json, save_tensors
+from ..runs.job import Job
 
 PROFILE_FILE = "profile.json"
 
 
 def run_profile(job: Job, keep_tensors: bool = False) -> Path:
-    """Run the calibration batch uncached, record per-step per-branch statistics and the baseline outputs."""
+    """Run the calibration batch uncached; write statistics, baseline latents and media."""
     import pandas as pd
     import torch
 
-    from ..dist import all_sum
-    from ..engine import RecordController
-    from ..media import to_uint8
-    from ..tables import save_table
+    from ..calibration.profile import record_profile
+    from ..runs.media import to_uint8
+    from ..runs.tables import save_table
 
     samples = job.calibration()
-    T = job.recipe.sampling.steps
-    rec = RecordController(T, job.recipe.cache.residual, keep_tensors=keep_tensors)
     with job.rundir("profile") as run:
         job.start(run, "profile", samples.seeds)
-        idx, mine = samples.mine()
-        out = calibration_pass(job, rec, mine, f"profile ({len(samples)} samples)")
-        stats = {b: {key: all_sum(torch.tensor(vals, dtype=torch.float64)).tolist() for key, vals in rows.items()}
-                 for b, rows in rec.stats.items()}
-        stats = {b: dict(rows, dR_rel=[d / r if r > 0 else 0.0 for d, r in zip(rows["dR"], rows["R"])])
-                 for b, rows in stats.items()}
-        latents, media = gather_rows(idx, out.latents), gather_rows(idx, out.media)
-        run.write_json(PROFILE_FILE, {
-            "recipe": job.recipe.name, "recipe_key": job.key, "steps": T,
-            "residual": job.recipe.cache.residual, "branches": list(rec.stats),
-            "scheduler": {"class": type(job.loaded.pipe.scheduler).__name__,
-                          "config": dict(job.loaded.pipe.scheduler.config)},
-            "base_sigmas": out.sigmas, "sample_shape": rec.shapes, "calibration": samples.to_json(),
-            "seconds": out.seconds, "stats": stats,
-        })
-        save_tensors(run.file("baseline_latents.safetensors"), {"latents": latents})
-        save_tensors(run.file("baseline_media.safetensors"), {"media": torch.from_numpy(to_uint8(media))})
+        res = record_profile(job.sampler, samples, job.recipe.cache.residual, keep_tensors, job.quiet)
+        stats = res.data["stats"]
+        run.write_json(PROFILE_FILE, {"recipe": job.recipe.name, "recipe_key": job.key, **res.data})
+        save_tensors(run.file("baseline_latents.safetensors"), {"latents": res.latents})
+        save_tensors(run.file("baseline_media.safetensors"), {"media": torch.from_numpy(to_uint8(res.media))})
         if keep_tensors:
-            save_tensors(run.file("residuals.safetensors"), rec.tensors)
+            save_tensors(run.file("residuals.safetensors"), res.tensors)
         rows = [{"branch": b, "step": k, **{key: stats[b][key][k] for key in ("R", "dR_rel", "v", "dv")}}
-                for b in stats for k in range(T)]
+                for b in stats for k in range(res.data["steps"])]
         save_table(pd.DataFrame(rows), run.path, "stats")
     return job.finished(run)
 
@@ -59,12 +45,11 @@ def profile_matches(job: Job):
 def load_profile(path: Path | str, job: Job) -> tuple[dict, Path]:
     """Read a profile run directory and check it belongs to this recipe."""
     p = Path(path)
-    data = read_json(p / PROFILE_FILE) if (p / PROFILE_FILE).is_file() else None
-    if data is None:
+    if not (p / PROFILE_FILE).is_file():
         raise UserError(f"{p} is not a profile run directory (no {PROFILE_FILE}); run `ertacache profile` first")
-    if data.get("recipe_key") != job.key:
-        raise UserError(f"profile {p} was made with other model/sampling settings than recipe {job.recipe.name}: "
-                        f"re-run `ertacache profile --model {job.recipe.name}`")
+    data = read_json(p / PROFILE_FILE)
+    require_same(f"profile {p}", "model/sampling settings key", data.get("recipe_key"), job.key,
+                 f"re-run `ertacache profile --model {job.recipe.name}`")
     return data, p
 
 

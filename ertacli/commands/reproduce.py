@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import read_json
+from ..runs.artifacts import read_json
 
 SKIP_JSON = {"env.json", "argv.json", "resources.json"}
 VOLATILE = {"created_at", "seconds", "baseline_seconds", "transformer_seconds", "speedup", "utc_time", "profile_run", "plan", "run",

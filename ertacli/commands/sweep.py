@@ -1,31 +1,41 @@
-"""sweep: a lambda grid through search -> fit -> generate -> eval, peers alongside, table and plots."""
+"""sweep: a lambda grid through search -> fit -> generate -> eval, or every method preset at matched NFEs;
+peers alongside, table and plots."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..calibration.samples import Samples
 from ..errors import UserError
-from .common import Job, calibration_pass, load_tensors
+from ..runs.artifacts import load_tensors
+from ..runs.job import Job
+from .eval import peer_rows, plan_row
 
 
-def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path, timed: bool = True) -> dict:
+def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path, timed_too: bool = True) -> dict:
     """PSNR of the plan's calibration outputs against the profile's uncached ones (and its paired speedup there)."""
-    from ..media import to_uint8
-    from ..metrics import compute_metrics
-    from .evaluate import paired_timing
-    from .methods import PlanMethod
-
     import torch
 
-    samples = job.calibration()
-    method = PlanMethod(job, str(plan_dir))
-    out = calibration_pass(job, method.ctl, samples, "calibration quality")
+    from ..api import plan_controller
+    from ..calibration.passes import calibration_pass
+    from ..evaluation.runners import PlanRunner
+    from ..evaluation.scoring import mean_psnr
+    from ..plan import load_plan
+    from ..runs.media import to_uint8
+    from .eval import timed
+
+    plan = load_plan(plan_dir)
+    samples, sampler = job.calibration(), job.sampler
+    out = calibration_pass(sampler, plan_controller(plan, sampler.backbone.channel_dim), samples,
+                           "calibration quality", job.quiet)
     ref = load_tensors(profile_dir / "baseline_media.safetensors")["media"]
     pred = torch.from_numpy(to_uint8(out.media))
-    scores = compute_metrics(["psnr"], [p.movedim(-1, -3).float() / 255 for p in pred],
-                             [r.movedim(-1, -3).float() / 255 for r in ref])
-    quality = {"calib_psnr": sum(s["psnr"] for s in scores) / len(scores)}
-    return {**quality, "calib_speedup": paired_timing(job, samples, method)["speedup"]} if timed else quality
+    psnr = mean_psnr([p.movedim(-1, -3).float() / 255 for p in pred], [r.movedim(-1, -3).float() / 255 for r in ref],
+                     cap=float("inf"))
+    quality = {"calib_psnr": psnr}
+    if not timed_too:
+        return quality
+    return {**quality, "calib_speedup": timed(job, samples, PlanRunner(sampler, plan))["speedup"]}
 
 
 def choose(rows: list[dict], target_speedup: float | None, min_psnr: float | None) -> dict | None:
@@ -46,11 +56,9 @@ def choose(rows: list[dict], target_speedup: float | None, min_psnr: float | Non
                                                 f"speedup {pick['calib_speedup']:.2f}x", "plan": pick["plan"]}
 
 
-def lambda_rows(job: Job, lambdas: list[float], pdir: Path, samples, base_dir: Path, compare_peers: bool):
+def lambda_rows(job: Job, lambdas: list[float], pdir: Path, samples: Samples, base_dir: Path, compare_peers: bool):
     """One row per lambda (the recipe's method, validated fit), peers at each plan's NFE; (search dir, rows, plans)."""
     from ..plan import find_plan_dir
-    from .compare import peer_rows
-    from .demo import _row
     from .fit import run_fit
     from .search import run_search
 
@@ -59,27 +67,56 @@ def lambda_rows(job: Job, lambdas: list[float], pdir: Path, samples, base_dir: P
     for rel in summary["plan"]:
         fit_dir, plan = run_fit(job, str(search_dir / rel))
         plan_dir = find_plan_dir(fit_dir)
-        row = {**_row(job, samples, base_dir, plan_dir, "ertacache", plan), **calibration_quality(job, plan_dir, pdir)}
-        row["method"] = row.pop("row")
-        ours.append(row)
+        ours.append({**plan_row(job, samples, base_dir, plan_dir, "ertacache"),
+                     **calibration_quality(job, plan_dir, pdir)})
         plans.append(plan)
         if compare_peers:
-            peers += [{**r, "lambda": plan.lam}
-                      for r in peer_rows(job, samples, base_dir, plan_dir, list(job.recipe.eval.metrics))]
+            peers += [{**r, "lambda": plan.lam} for r in peer_rows(job, samples, base_dir, plan_dir)]
     return search_dir, ours, peers, plans
 
 
+def preset_plan(job: Job, name: str, cached: int, profile_dir: Path) -> tuple[Job, Path, object]:
+    """(job with the preset, fitted plan folder, plan) for preset `name` caching >= `cached` calls."""
+    from ..plan import find_plan_dir
+    from ..presets import method_overrides
+    from .fit import run_fit
+    from .search import run_search
+
+    jv = job.variant(method_overrides(name))
+    search_dir, df = run_search(jv, [], str(profile_dir), cached_steps=cached)
+    fit_dir, plan = run_fit(jv, str(search_dir / df["plan"].iloc[0]))
+    return jv, find_plan_dir(fit_dir), plan
+
+
+def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, profile_dir: Path, nfe: int,
+                 presets: list[str], with_peers: bool) -> tuple[list[dict], list]:
+    """Rows at one target NFE: every preset (best on calibration PSNR marked), then the peers; and the plans."""
+    from ..calibration.search import cached_for
+
+    cached = cached_for(list(profile["branches"]), job.recipe.sampling.steps, nfe, job.recipe.name)
+    ours, plans = [], []
+    for name in presets:
+        jv, plan_dir, plan = preset_plan(job, name, cached, profile_dir)
+        row = {**plan_row(jv, samples, base_dir, plan_dir, name),
+               **calibration_quality(jv, plan_dir, profile_dir, timed_too=False)}
+        ours.append({**row, "target_nfe": nfe, "best_calibrated": False})
+        plans.append(plan)
+    best = max(ours, key=lambda r: r["calib_psnr"])
+    best["best_calibrated"] = True
+    peers = peer_rows(job, samples, base_dir, Path(best["plan"])) if with_peers else []
+    return ours + [{**r, "target_nfe": nfe} for r in peers], plans
+
+
 def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, target_speedup: float | None = None,
-              min_psnr: float | None = None, nfes: list[int] | None = None, methods: list[str] | None = None,
+              min_psnr: float | None = None, nfes: list[int] | None = None, presets: list[str] | None = None,
               max_samples: int | None = None):
     """A lambda grid, or (nfes) every method preset and peer at matched NFEs; returns (run dir, table, choice)."""
     import pandas as pd
 
-    from ..plots import plot_error_profile, plot_pareto
     from ..presets import METHODS
-    from ..tables import save_table
+    from ..runs.plots import plot_error_profile, plot_pareto
+    from ..runs.tables import save_table
     from .generate import run_generate
-    from .matched import matched_rows
     from .profile import find_or_make_profile
 
     if target_speedup is not None and min_psnr is not None:
@@ -87,15 +124,13 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
     if nfes and (target_speedup is not None or min_psnr is not None):
         raise UserError("--target-speedup / --min-psnr choose a lambda; they do not combine with --nfe")
     profile, pdir = find_or_make_profile(job, None)
-    samples = job.eval_samples()
-    if max_samples:
-        samples = samples.subset(list(range(min(len(samples), max_samples))))
+    samples = job.eval_samples().first(max_samples or None)
     base_dir = run_generate(job, samples, None)
     search_dir, picked = None, None
     if nfes:
         rows, plans = [], []
         for n in nfes:
-            r, p = matched_rows(job, samples, base_dir, profile, Path(pdir), n, methods or list(METHODS),
+            r, p = matched_rows(job, samples, base_dir, profile, Path(pdir), n, presets or list(METHODS),
                                 compare_peers)
             rows, plans = rows + r, plans + p
     else:
@@ -110,5 +145,5 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
                            f"{job.recipe.name}: per-step residual change, cached steps marked")
         run.write_json("sweep.json", {"profile": str(pdir), "search": str(search_dir) if search_dir else None,
                                       "baseline": str(base_dir), "choice": picked, "lambdas": lambdas,
-                                      "nfe": list(nfes or []), "methods": methods})
+                                      "nfe": list(nfes or []), "methods": presets})
     return run.final_path, df, picked

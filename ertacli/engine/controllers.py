@@ -22,9 +22,15 @@ def l1(t: torch.Tensor) -> float:
 
 
 class Controller:
-    """Base: per-run counters of full (NFE) and cached transformer calls per branch."""
+    """Base: per-call counters of full (NFE) and cached transformer calls per branch.
+
+    `check(call, output)`, when set, sees the first computed call of every branch in a pipeline call (step 0) and
+    may raise (e.g. a plan made for another model). The pipeline resets the hooks after each call (`on_reset`);
+    the counters stay readable until the next call's first transformer call starts them again.
+    """
 
     schedule: LiveSchedule | None = None
+    check = None
 
     def __init__(self, T: int, residual: str = "hidden", predictor: Predictor | None = None):
         self.T, self.residual = T, residual
@@ -33,13 +39,27 @@ class Controller:
 
     def begin(self) -> None:
         """Called before every pipeline call."""
-        self.nfe: dict[str, int] = defaultdict(int)
-        self.n_cached: dict[str, int] = defaultdict(int)
-        self.shapes: dict[str, list[int]] = {}
+        self._clear_counters()
         if self.schedule is not None:
             self.schedule.reset()
 
+    def _clear_counters(self) -> None:
+        self.nfe: dict[str, int] = defaultdict(int)
+        self.n_cached: dict[str, int] = defaultdict(int)
+        self.shapes: dict[str, list[int]] = {}
+        self.call_ended = False
+
+    def on_reset(self) -> None:
+        """The pipeline reset the hooks after a call: the next transformer call starts a new count."""
+        self.call_ended = True
+
+    def call_stats(self) -> dict:
+        """Counters of the most recent pipeline call: per branch NFE, cached calls and output shape."""
+        return {"nfe": dict(self.nfe), "cached": dict(self.n_cached), "shapes": dict(self.shapes)}
+
     def _check_step(self, call) -> None:
+        if self.call_ended:
+            self._clear_counters()
         if call.k >= self.T:
             raise RuntimeError(f"branch '{call.branch}' called {call.k + 1} times in a {self.T}-step run")
 
@@ -50,6 +70,8 @@ class Controller:
         self._remember(call)
         self.nfe[call.branch] += 1
         self.shapes[call.branch] = list(v.shape[1:])
+        if call.k == 0 and self.check is not None:
+            self.check(call, v)
         return v
 
     def _remember(self, call) -> None:

@@ -157,7 +157,11 @@ class StepHook(ModelHook):
         return self.controller.on_call(call)
 
     def reset_state(self, module):
+        """The pipeline's own reset after each call (diffusers `maybe_free_model_hooks`): branch state and counters."""
         self.states.reset()
+        on_reset = getattr(self.controller, "on_reset", None)
+        if on_reset is not None:
+            on_reset()
         return module
 
 

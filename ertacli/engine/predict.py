@@ -102,3 +102,9 @@ class Predictor:
         if P is None or c == 0.0:
             return R1
         return R1 + c * P
+
+
+def predictor_spec(cache_cfg) -> dict:
+    """The plan's `predictor` entry for a recipe's `cache:` section (gain 1 when extrapolating, 0 for reuse)."""
+    return {"kind": cache_cfg.predictor, "order": int(cache_cfg.order), "abscissa": cache_cfg.abscissa,
+            "c": 1.0 if cache_cfg.predictor == "extrapolate" else 0.0}

@@ -203,7 +203,7 @@ def sample_check(pipe: Any, spec: Spec, prompts: list[str], seed: int, guidance:
 
 def save_samples(media: Any, path: Path, video: bool) -> None:
     """A grid PNG: one image per prompt, or first / middle / last frame of each clip (one clip per row)."""
-    from ertacli.media import save_grid
+    from ertacli.runs.media import save_grid
 
     if not video:
         save_grid(list(media), path, nrow=10)

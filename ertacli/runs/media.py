@@ -70,20 +70,14 @@ def save_video(tensor: Any, path: str | Path, fps: int = 8) -> Path:
 
 
 def make_grid(images: Sequence[Any], nrow: int, pad: int = 2) -> Any:
-    """Tile (3, H, W) images (same size) into one (3, H', W') tensor, nrow images per row, white padding."""
+    """Tile (3, H, W) images (same size) into one (3, H', W') tensor, nrow per row, white padding (torchvision)."""
     import torch
+    from torchvision.utils import make_grid as tv_grid
 
     if not images:
         raise ValueError("make_grid needs at least one image")
-    nrow = max(1, min(int(nrow), len(images)))
-    rows = math.ceil(len(images) / nrow)
-    c, h, w = images[0].shape
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, y : y + h, x : x + w] = img.detach().float().cpu()
-    return grid
+    batch = torch.stack([img.detach().float().cpu() for img in images])
+    return tv_grid(batch, nrow=max(1, min(int(nrow), len(images))), padding=pad, pad_value=1.0)
 
 
 def save_grid(images: Sequence[Any], path: str | Path, nrow: int = 4) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ertacli.backbones.tiny import FLUX_VAE, _cast, _make, _text_dims, _text_encoder, split_overrides
+from ertacli.backbones.tiny_flux_wan import FLUX_VAE, cast, make, split_overrides, text_dims, tiny_text_encoder
 
 COGVIDEOX_TRANSFORMER = dict(
     num_attention_heads=2,
@@ -112,9 +112,9 @@ def _parts(recipe, cls_t: type, t_cfg: dict, text_keys: tuple[str, ...], cls_v: 
 
     ov = split_overrides(recipe.model.tiny)
     torch.manual_seed(recipe.model.seed)
-    transformer = _make(cls_t, t_cfg, _text_dims(recipe, ov["transformer"], text_keys), "transformer").eval()
-    vae = _make(cls_v, v_cfg, ov["vae"], "vae").eval()
-    return transformer, vae, _make(cls_s, s_cfg, ov["scheduler"], "scheduler"), ov["text"]
+    transformer = make(cls_t, t_cfg, text_dims(recipe, ov["transformer"], text_keys), "transformer").eval()
+    vae = make(cls_v, v_cfg, ov["vae"], "vae").eval()
+    return transformer, vae, make(cls_s, s_cfg, ov["scheduler"], "scheduler"), ov["text"]
 
 
 def build_tiny_cogvideox(recipe) -> tuple[Any, Any]:
@@ -126,10 +126,10 @@ def build_tiny_cogvideox(recipe) -> tuple[Any, Any]:
         recipe, CogVideoXTransformer3DModel, COGVIDEOX_TRANSFORMER, ("text_embed_dim",),
         AutoencoderKLCogVideoX, COGVIDEOX_VAE, CogVideoXDDIMScheduler, COGVIDEOX_SCHEDULER)
     pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-    _cast(pipe, recipe.model.dtype)
+    cast(pipe, recipe.model.dtype)
     cfg = transformer.config
     text = {**text, "max_tokens": cfg.max_text_seq_length}  # CogVideoX needs exactly this many text tokens
-    return pipe, _text_encoder(recipe, text, cfg.text_embed_dim, cfg.text_embed_dim, "wan")
+    return pipe, tiny_text_encoder(recipe, text, cfg.text_embed_dim, cfg.text_embed_dim, "wan")
 
 
 def build_tiny_hunyuanvideo(recipe) -> tuple[Any, Any]:
@@ -142,9 +142,9 @@ def build_tiny_hunyuanvideo(recipe) -> tuple[Any, Any]:
         AutoencoderKLHunyuanVideo, HUNYUAN_VAE, FlowMatchEulerDiscreteScheduler, HUNYUAN_SCHEDULER)
     pipe = HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
                                 scheduler=scheduler, text_encoder_2=None, tokenizer_2=None)
-    _cast(pipe, recipe.model.dtype)
+    cast(pipe, recipe.model.dtype)
     cfg = transformer.config
-    return pipe, _text_encoder(recipe, text, cfg.text_embed_dim, cfg.pooled_projection_dim, "hunyuan")
+    return pipe, tiny_text_encoder(recipe, text, cfg.text_embed_dim, cfg.pooled_projection_dim, "hunyuan")
 
 
 def build_tiny_sd3(recipe) -> tuple[Any, Any]:
@@ -158,9 +158,9 @@ def build_tiny_sd3(recipe) -> tuple[Any, Any]:
     none = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
                 tokenizer_3=None)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, **none)
-    _cast(pipe, recipe.model.dtype)
+    cast(pipe, recipe.model.dtype)
     cfg = transformer.config
-    return pipe, _text_encoder(recipe, text, cfg.joint_attention_dim, cfg.pooled_projection_dim, "sd3")
+    return pipe, tiny_text_encoder(recipe, text, cfg.joint_attention_dim, cfg.pooled_projection_dim, "sd3")
 
 
 def build_tiny_ltx(recipe) -> tuple[Any, Any]:
@@ -173,6 +173,6 @@ def build_tiny_ltx(recipe) -> tuple[Any, Any]:
         AutoencoderKLLTXVideo, LTX_VAE, FlowMatchEulerDiscreteScheduler, LTX_SCHEDULER)
     vae.use_framewise_encoding = vae.use_framewise_decoding = False
     pipe = LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
-    _cast(pipe, recipe.model.dtype)
+    cast(pipe, recipe.model.dtype)
     cfg = transformer.config
-    return pipe, _text_encoder(recipe, text, cfg.caption_channels, cfg.caption_channels, "ltx")
+    return pipe, tiny_text_encoder(recipe, text, cfg.caption_channels, cfg.caption_channels, "ltx")

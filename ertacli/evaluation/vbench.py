@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from ..errors import UserError
 from .perceptual import MetricUnavailable
 
 # VBench dimensions that work on custom prompts (mode='custom_input'); the first seven are its quality dimensions.

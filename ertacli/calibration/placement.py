@@ -1,25 +1,22 @@
-"""Placement optimisation at fixed NFE (SPEC "Beyond the paper: ... placement"): greedy ±1 moves of computed steps."""
+"""Placement at fixed NFE (docs/method.md "Beyond the paper"): greedy ±1 moves of the computed steps."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from ..plan import Plan
-from .common import Job, Samples, progress_bar
+from ..progress import task
+from .samples import Samples
 
 SWEEPS = 3
 
 
-def placement_error(job: Job, plan: Plan, samples: Samples, ref) -> float:
+def placement_error(sampler, plan: Plan, samples: Samples, ref) -> float:
     """L1 error of one cached run of the calibration batch against the profile's uncached final latents."""
     from ..dist import all_sum
-    from ..engine import Session
     from ..engine.controllers import l1
-    from .fit import apply_controller
+    from .passes import apply_controller, calibration_pass
 
     idx, mine = samples.mine()
-    with Session(job.loaded, apply_controller(job, plan), job.recipe.calibration.micro_batch) as session:
-        out = session.run_batch(job.recipe, mine.prompts, mine.seeds)
+    out = calibration_pass(sampler, apply_controller(plan, sampler.backbone.channel_dim), mine, "placement trial")
     return all_sum(l1(out.latents.double() - ref[idx].double()))
 
 
@@ -31,21 +28,14 @@ def move(T: int, cached: list[int], j: int, n: int) -> list[int] | None:
     return sorted((S - {n}) | {j})
 
 
-def _with_cached(plan: Plan, branch: str, cached: list[int]) -> Plan:
-    p = Plan(**asdict(plan))
-    p.cached_steps = {**p.cached_steps, branch: cached}
-    return p
-
-
-def optimize_placement(job: Job, plan: Plan, samples: Samples, ref, max_trials: int = 0,
-                       sweeps: int = SWEEPS) -> Plan:
+def optimize_placement(sampler, plan: Plan, samples: Samples, ref, max_trials: int = 0,
+                       sweeps: int = SWEEPS, quiet: bool = True) -> Plan:
     """First-improvement ±1 moves per branch for a few sweeps; never returns a plan worse than its start."""
     best = plan
-    before = score = placement_error(job, plan, samples, ref)
+    before = score = placement_error(sampler, plan, samples, ref)
     trials = 0
     budget = max_trials if max_trials > 0 else None
-    with progress_bar(job.quiet) as bar:
-        task = bar.add_task("placement trials", total=budget)
+    with task("placement trials", budget, quiet) as advance:
         for _ in range(sweeps):
             improved = False
             for b in best.branches:
@@ -54,15 +44,13 @@ def optimize_placement(job: Job, plan: Plan, samples: Samples, ref, max_trials: 
                         cand = move(best.steps, best.cached_steps.get(b, []), j, n)
                         if cand is None or (budget is not None and trials >= budget):
                             continue
-                        trial = _with_cached(best, b, cand)
-                        err = placement_error(job, trial, samples, ref)
+                        trial = best.copy(cached_steps={**best.cached_steps, b: cand})
+                        err = placement_error(sampler, trial, samples, ref)
                         trials += 1
-                        bar.advance(task)
+                        advance()
                         if err < score:
                             best, score, improved = trial, err, True
                             break
             if not improved:
                 break
-    out = Plan(**asdict(best))
-    out.placement = {"before": before, "after": score, "trials": trials}
-    return out
+    return best.copy(placement={"before": before, "after": score, "trials": trials})

@@ -17,8 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from ertacli.errors import UserError
-from ertacli.recipe import REPO_DIR, results_dir as default_results_dir
+from ..errors import UserError
+from ..recipe import REPO_DIR, results_dir as default_results_dir
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 TMP_PREFIX = ".tmp-"
@@ -116,7 +116,7 @@ class RunDir:
         if not self.lead:
             return False
         if not _is_clean_exit(exc):
-            from .errors import UserError
+            from ..errors import UserError
 
             if self.resumable and not isinstance(exc, UserError):
                 (self.tmp_path / INCOMPLETE).write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")

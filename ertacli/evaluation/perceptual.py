@@ -1,4 +1,4 @@
-"""Perceptual metrics (LPIPS, CLIP score) with local-only weights; registered into ertacli.metrics on import."""
+"""Perceptual metrics (LPIPS, CLIP score) with local-only weights; registered into the metric registry on import."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
-from .metrics import as_frames, register_metric
+from ..errors import UserError
+from .metric_registry import as_frames, register_metric
 
 # torchvision ImageNet backbones that lpips wraps: (file name torch.hub caches it under, torchvision builder, weights).
 LPIPS_BACKBONES = {
@@ -150,13 +150,10 @@ def lpips_vgg(pred: Any, ref: Any, **ctx: Any) -> float:
 
 
 def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache directory, read from the environment now (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "huggingface" / "hub"
+    """The Hugging Face hub cache directory (huggingface_hub's own constant, from HF_HUB_CACHE / HF_HOME)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
 
 
 def clip_choice(ctx: dict) -> tuple[str, str]:
@@ -226,28 +223,16 @@ def load_clip(name: str = CLIP_MODEL, tag: str = CLIP_PRETRAINED, weights: str |
 
 
 def clip_preprocess(frames: Any, model: Any) -> Any:
-    """(F,3,H,W) in [0, 1] -> the model's input: resize (shortest side or squash), center crop, normalize."""
+    """(F,3,H,W) in [0, 1] -> the model's input, through open_clip's own eval transform on 8-bit images."""
     import torch
-    import torch.nn.functional as F
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip.model import get_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
 
-    pp = get_model_preprocess_cfg(model)
-    size = pp.get("size", 224)
-    th, tw = (size, size) if isinstance(size, int) else tuple(size)
-    h, w = frames.shape[-2:]
-    mode = "bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear"
-    if pp.get("resize_mode") == "squash":
-        rh, rw = th, tw
-    else:
-        s = max(th / h, tw / w)
-        rh, rw = max(th, round(h * s)), max(tw, round(w * s))
-    x = F.interpolate(frames, size=(rh, rw), mode=mode, align_corners=False, antialias=True).clamp(0, 1)
-    top, left = (rh - th) // 2, (rw - tw) // 2
-    x = x[..., top:top + th, left:left + tw]
-    mean = torch.tensor(pp.get("mean") or OPENAI_DATASET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(pp.get("std") or OPENAI_DATASET_STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    pp = {k: v for k, v in get_model_preprocess_cfg(model).items() if k in PreprocessCfg.__dataclass_fields__}
+    transform = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+    pixels = (frames.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return torch.stack([transform(Image.fromarray(p)) for p in pixels])
 
 
 def _prompt_of(ctx: dict) -> str:

@@ -75,7 +75,7 @@ def split_overrides(tiny: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _make(cls: type, defaults: dict[str, Any], overrides: dict[str, Any], where: str) -> Any:
+def make(cls: type, defaults: dict[str, Any], overrides: dict[str, Any], where: str) -> Any:
     """Instantiate cls(**defaults | overrides), turning bad keys into a UserError."""
     try:
         return cls(**{**defaults, **overrides})
@@ -83,7 +83,7 @@ def _make(cls: type, defaults: dict[str, Any], overrides: dict[str, Any], where:
         raise UserError(f"model.tiny.{where}: invalid config override ({exc})") from None
 
 
-def _cast(pipe: Any, name: str) -> None:
+def cast(pipe: Any, name: str) -> None:
     """Cast every module to the recipe dtype (quietly: tiny models keep nothing in float32)."""
     import torch
     from diffusers.utils import logging as dlogging
@@ -99,23 +99,23 @@ def _cast(pipe: Any, name: str) -> None:
         dlogging.set_verbosity(level)
 
 
-def _minilm(recipe) -> bool:
+def wants_minilm(recipe) -> bool:
     """True when the recipe asks for the MiniLM text encoder (model.text_encoder=minilm)."""
     return (getattr(recipe.model, "text_encoder", None) or "pipeline") == "minilm"
 
 
-def _text_dims(recipe, overrides: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+def text_dims(recipe, overrides: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """Transformer overrides with the text widths set to MiniLM's 384 when it is the encoder (unless overridden)."""
-    if not _minilm(recipe):
+    if not wants_minilm(recipe):
         return overrides
     from ertacli.backbones.minilm import DIM
 
     return {**{k: DIM for k in keys}, **overrides}
 
 
-def _text_encoder(recipe, text: dict[str, Any], dim: int, pooled_dim: int, style: str) -> Any:
+def tiny_text_encoder(recipe, text: dict[str, Any], dim: int, pooled_dim: int, style: str) -> Any:
     """The offline hash encoder sized for the transformer's text inputs, or MiniLM when the recipe asks for it."""
-    if _minilm(recipe):
+    if wants_minilm(recipe):
         from ertacli.backbones.minilm import MiniLMTextEncoder, check_text_dim
 
         check_text_dim(dim, "the transformer's text width")
@@ -134,10 +134,10 @@ def build_tiny_flux(recipe) -> tuple[Any, Any]:
 
     ov = split_overrides(recipe.model.tiny)
     torch.manual_seed(recipe.model.seed)
-    tov = _text_dims(recipe, ov["transformer"], ("joint_attention_dim", "pooled_projection_dim"))
-    transformer = _make(FluxTransformer2DModel, FLUX_TRANSFORMER, tov, "transformer").eval()
-    vae = _make(AutoencoderKL, FLUX_VAE, ov["vae"], "vae").eval()
-    scheduler = _make(FlowMatchEulerDiscreteScheduler, FLUX_SCHEDULER, ov["scheduler"], "scheduler")
+    tov = text_dims(recipe, ov["transformer"], ("joint_attention_dim", "pooled_projection_dim"))
+    transformer = make(FluxTransformer2DModel, FLUX_TRANSFORMER, tov, "transformer").eval()
+    vae = make(AutoencoderKL, FLUX_VAE, ov["vae"], "vae").eval()
+    scheduler = make(FlowMatchEulerDiscreteScheduler, FLUX_SCHEDULER, ov["scheduler"], "scheduler")
     pipe = FluxPipeline(
         scheduler=scheduler,
         vae=vae,
@@ -147,9 +147,9 @@ def build_tiny_flux(recipe) -> tuple[Any, Any]:
         tokenizer_2=None,
         transformer=transformer,
     )
-    _cast(pipe, recipe.model.dtype)
+    cast(pipe, recipe.model.dtype)
     cfg = transformer.config
-    encoder = _text_encoder(recipe, ov["text"], cfg.joint_attention_dim, cfg.pooled_projection_dim, "flux")
+    encoder = tiny_text_encoder(recipe, ov["text"], cfg.joint_attention_dim, cfg.pooled_projection_dim, "flux")
     return pipe, encoder
 
 
@@ -160,11 +160,11 @@ def build_tiny_wan(recipe) -> tuple[Any, Any]:
 
     ov = split_overrides(recipe.model.tiny)
     torch.manual_seed(recipe.model.seed)
-    tov = _text_dims(recipe, ov["transformer"], ("text_dim",))
-    transformer = _make(WanTransformer3DModel, WAN_TRANSFORMER, tov, "transformer").eval()
-    vae = _make(AutoencoderKLWan, WAN_VAE, ov["vae"], "vae").eval()
-    scheduler = _make(FlowMatchEulerDiscreteScheduler, WAN_SCHEDULER, ov["scheduler"], "scheduler")
+    tov = text_dims(recipe, ov["transformer"], ("text_dim",))
+    transformer = make(WanTransformer3DModel, WAN_TRANSFORMER, tov, "transformer").eval()
+    vae = make(AutoencoderKLWan, WAN_VAE, ov["vae"], "vae").eval()
+    scheduler = make(FlowMatchEulerDiscreteScheduler, WAN_SCHEDULER, ov["scheduler"], "scheduler")
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
-    _cast(pipe, recipe.model.dtype)
-    encoder = _text_encoder(recipe, ov["text"], transformer.config.text_dim, transformer.config.text_dim, "wan")
+    cast(pipe, recipe.model.dtype)
+    encoder = tiny_text_encoder(recipe, ov["text"], transformer.config.text_dim, transformer.config.text_dim, "wan")
     return pipe, encoder

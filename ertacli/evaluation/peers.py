@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -130,25 +130,23 @@ def last_block(transformer, block_lists: tuple[str, ...]):
 
 
 @contextlib.contextmanager
-def enabled(loaded, config):
+def enabled(pipe, config):
     """A diffusers cache attached for the duration of the block, removed afterwards."""
-    loaded.pipe.transformer.enable_cache(config)
+    pipe.transformer.enable_cache(config)
     try:
         yield
     finally:
-        loaded.pipe.transformer.disable_cache()
+        pipe.transformer.disable_cache()
 
 
-def mag_ratios(loaded, recipe, prompt: str, seed: int) -> list[float]:
+def mag_ratios(sampler, prompt: str, seed: int) -> list[float]:
     """MagCache's own calibration: one uncached run with calibrate=True; the ratios it prints, parsed."""
     from diffusers import MagCacheConfig
 
-    from .backbones.runner import run_batch
-
     buf = io.StringIO()
-    cfg = MagCacheConfig(calibrate=True, num_inference_steps=recipe.sampling.steps)
-    with enabled(loaded, cfg), contextlib.redirect_stdout(buf):
-        run_batch(loaded, recipe, [prompt], [seed])
+    cfg = MagCacheConfig(calibrate=True, num_inference_steps=sampler.steps)
+    with enabled(sampler.pipe, cfg), contextlib.redirect_stdout(buf):
+        sampler.run([prompt], [seed])
     found = re.findall(r"\[([-0-9.eE,\s]+)\]", buf.getvalue())
     if not found:
         raise UserError("MagCache calibration printed no ratios; this diffusers version changed its output")

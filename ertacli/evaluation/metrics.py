@@ -1,49 +1,14 @@
-"""Pluggable per-sample quality metrics on [0, 1] images (3,H,W) or videos (F,3,H,W)."""
+"""Per-sample quality metrics (PSNR, SSIM, digit-acc; LPIPS and CLIP from perceptual) and compute_metrics."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from ertacli.errors import UserError
+from . import perceptual  # noqa: F401  registers lpips, lpips-vgg, clip
+from .metric_registry import as_frames, available, get_metric, register_metric
 
-MetricFn = Callable[..., float]
-_METRICS: dict[str, MetricFn] = {}
-
-
-def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
-    """Decorator: register fn(pred, ref, **ctx) -> float under name."""
-
-    def deco(fn: MetricFn) -> MetricFn:
-        _METRICS[name] = fn
-        return fn
-
-    return deco
-
-
-def available() -> list[str]:
-    """Registered metric names, sorted."""
-    return sorted(_METRICS)
-
-
-def get_metric(name: str) -> MetricFn:
-    """The metric function for name, or a UserError listing the available ones."""
-    try:
-        return _METRICS[name]
-    except KeyError:
-        raise UserError(f"unknown metric {name!r}; available: {', '.join(available())}") from None
-
-
-def as_frames(x: Any) -> Any:
-    """(3,H,W) -> (1,3,H,W); (F,3,H,W) stays; float32 cpu."""
-    import torch
-
-    x = x.detach().to("cpu", torch.float32)
-    if x.dim() == 3:
-        return x.unsqueeze(0)
-    if x.dim() == 4:
-        return x
-    raise ValueError(f"metric input must be (3,H,W) or (F,3,H,W), got shape {tuple(x.shape)}")
+__all__ = ["available", "compute_metrics", "get_metric", "psnr", "ssim", "digit_acc"]
 
 
 def _check(pred: Any, ref: Any) -> tuple[Any, Any]:
@@ -109,5 +74,3 @@ def compute_metrics(
         out.append({name: fn(p, r, **ctx, **extra) for name, fn in fns.items()})
     return out
 
-
-from . import perceptual as _perceptual  # noqa: E402,F401  registers lpips, lpips-vgg, clip

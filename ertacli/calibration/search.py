@@ -1,0 +1,85 @@
+"""search: the threshold policy (paper Algorithm 2) -> a plan per lambda, or the smallest lambda meeting a target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..plan import Plan
+from .passes import calibration_pass
+from .samples import Samples
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a target search must reach: at least `cached_steps` cached calls, or a predicted `speedup`."""
+
+    cached_steps: int | None = None
+    speedup: float | None = None
+
+    def met(self, plan: Plan) -> bool:
+        if self.cached_steps is not None:
+            return plan.n_cached >= self.cached_steps
+        return plan.predicted_speedup >= self.speedup
+
+
+def check_lambda(lam: float) -> float:
+    """A threshold must be a number >= 0."""
+    if not lam >= 0:
+        raise UserError(f"--lambda must be >= 0, got {lam}")
+    return float(lam)
+
+
+def search_plan(sampler, samples: Samples, profile: dict, lam: float, cache_cfg, identity: dict,
+                quiet: bool = True) -> Plan:
+    """One lockstep calibration pass with the threshold decision at lambda; `identity` names the model."""
+    from ..engine import SearchController
+    from ..engine.predict import Predictor, predictor_spec
+
+    T = sampler.steps
+    gt = {b: rows["R"] for b, rows in profile["stats"].items()}
+    pred = Predictor.from_plan(predictor_spec(cache_cfg), profile["base_sigmas"])
+    ctl = SearchController(T, check_lambda(lam), gt, cache_cfg.residual, pred)
+    calibration_pass(sampler, ctl, samples.mine()[1], f"search lambda={lam:g}", quiet)
+    branches = list(profile["branches"])
+    return Plan(
+        recipe=identity["recipe"], recipe_key=identity["recipe_key"], model_id=identity["model_id"], steps=T,
+        scheduler=profile["scheduler"], residual=cache_cfg.residual, base_sigmas=profile["base_sigmas"],
+        branches=branches, cached_steps={b: sorted(ctl.cached_steps.get(b, [])) for b in branches},
+        sample_shape=profile["sample_shape"], lam=lam, predictor=pred.to_json(),
+        calibration={**samples.to_json(), "profile_run": identity.get("profile_run")},
+        search_errors={b: {str(k): e for k, e in sorted(ctl.errors[b].items())} for b in branches},
+        model_class=profile.get("model_class"),
+    )
+
+
+def search_target(sampler, samples: Samples, profile: dict, target: Target, cache_cfg, identity: dict,
+                  iters: int = 12, quiet: bool = True) -> Plan:
+    """Smallest lambda (bisection) whose plan caches >= N calls or predicts >= X speedup."""
+    run = lambda lam: search_plan(sampler, samples, profile, lam, cache_cfg, identity, quiet)
+    lo, hi = 0.0, 0.5
+    best = run(hi)
+    while not target.met(best):
+        if hi >= 64:
+            raise UserError(f"no lambda up to {hi} reaches the target (best: {best.n_cached} cached steps, "
+                            f"{best.predicted_speedup:.2f}x); lower --cached-steps / --target-speedup")
+        lo, hi = hi, hi * 2
+        best = run(hi)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        plan = run(mid)
+        if target.met(plan):
+            hi, best = mid, plan
+        else:
+            lo = mid
+    best.method = "search-target"
+    return best
+
+
+def cached_for(branches: list[str], steps: int, nfe: int, name: str) -> int:
+    """Cached calls (summed over branches) that leave `nfe` transformer calls per sample."""
+    total = len(branches) * steps
+    if not 2 * len(branches) <= nfe <= total:
+        raise UserError(f"--nfe {nfe} is out of range for {name}: steps 0 and T-1 always run, so "
+                        f"choose {2 * len(branches)}..{total}")
+    return total - nfe

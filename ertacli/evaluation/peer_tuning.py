@@ -1,0 +1,41 @@
+"""Peer tuning: each peer's whole grid on probe samples, the best-PSNR setting at a target NFE."""
+
+from __future__ import annotations
+
+
+def probe_refs(sampler, probe, residual: str) -> list:
+    """Uncached outputs of the probe samples: what a peer's settings are scored against while tuning."""
+    from .runners import baseline_runner
+
+    with baseline_runner(sampler, residual) as m:
+        return [m.run(p, s)[0].media[0] for p, s in zip(probe.prompts, probe.seeds)]
+
+
+def pick(tried: list[dict], target_nfe: float) -> dict:
+    """Best PSNR among settings matching the NFE (target - 1 <= NFE <= target); else the nearest NFE (then fewer)."""
+    matched = [t for t in tried if target_nfe - 1 <= t["nfe"] <= target_nfe]
+    if matched:
+        return max(matched, key=lambda t: t["psnr"])
+    return min(tried, key=lambda t: (abs(t["nfe"] - target_nfe), t["nfe"]))
+
+
+def tune_peer(sampler, name: str, target_nfe: int, probe, refs: list) -> dict:
+    """The peer's whole grid on the probe samples; the best-PSNR setting at the target NFE (`pick`)."""
+    from .peers import PEERS, mag_ratios
+    from .runners import PeerRunner
+    from .scoring import mean_psnr
+
+    peer = PEERS[name]
+    extra = {}
+    if peer.needs_calibration:
+        extra["mag_ratios"] = mag_ratios(sampler, probe.prompts[0], probe.seeds[0])
+    tried = []
+    for setting in peer.grid:
+        with PeerRunner(sampler, name, setting, extra) as m:
+            outs = [m.run(p, s) for p, s in zip(probe.prompts, probe.seeds)]
+        tried.append({"setting": setting, "nfe": sum(o[1] for o in outs) / len(outs),
+                      "psnr": mean_psnr([o[0].media[0] for o in outs], refs)})
+    chosen = pick(tried, target_nfe)
+    n_matched = sum(target_nfe - 1 <= t["nfe"] <= target_nfe for t in tried)
+    return {"setting": chosen["setting"], "probe_nfe": chosen["nfe"], "probe_psnr": chosen["psnr"], "extra": extra,
+            "tried": len(tried), "matched": n_matched}

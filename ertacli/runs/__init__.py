@@ -1,0 +1,1 @@
+"""Run directories and what goes in them: the job, artifacts, tables, plots and media."""

@@ -1,0 +1,131 @@
+"""The package's import structure: no import cycles, no module using another's underscore names, lazy API."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "ertacli"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def resolve(current: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    """The absolute module an ImportFrom names (relative levels resolved against `current`)."""
+    if node.level == 0:
+        return node.module or ""
+    base = current.split(".") if is_pkg else current.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, list[str]]]:
+    """(imported ertacli module, names taken from it) for every import in the file, function bodies included."""
+    tree = ast.parse(path.read_text(), str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.split(".")[0] == "ertacli"]
+        elif isinstance(node, ast.ImportFrom):
+            target = resolve(name, path.name == "__init__.py", node)
+            if target.split(".")[0] != "ertacli":
+                continue
+            names = [a.name for a in node.names]
+            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in known]
+            out += [(s, []) for s in subs]
+            rest = [n for n in names if f"{target}.{n}" not in known]
+            if rest or not subs:
+                out.append((target, rest))
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: {t for t, _ in imports(name, path, known) if t in known and t != name}
+            for name, path in known.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    found = cycles(graph())
+    assert not found, f"import cycles: {found}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    known = modules()
+    bad = [f"{name} imports {n} from {target}" for name, path in known.items()
+           for target, names in imports(name, path, known) for n in names
+           if n.startswith("_") and not n.startswith("__")]
+    assert not bad, bad
+
+
+def test_layers_import_downward():
+    """The library (engine, calibration, evaluation, api) never imports the CLI layers (runs, commands, cli)."""
+    upper = ("ertacli.runs", "ertacli.commands", "ertacli.cli")
+    lower = ("ertacli.engine", "ertacli.calibration", "ertacli.evaluation", "ertacli.backbones", "ertacli.api",
+             "ertacli.plan", "ertacli.recipe")
+    g = graph()
+    bad = [f"{a} -> {b}" for a, deps in g.items() if a.startswith(lower) for b in deps if b.startswith(upper)]
+    assert not bad, bad
+
+
+def test_import_ertacli_loads_no_torch():
+    code = "import sys, ertacli; ertacli.Plan; import ertacli.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_public_api_names():
+    import ertacli
+
+    for name in ("load_plan", "Plan", "enable_cache", "disable_cache", "cached", "last_call_stats", "calibrate",
+                 "PlanMismatch"):
+        assert callable(getattr(ertacli, name)), name
