@@ -17,7 +17,7 @@ app = typer.Typer(name="ertacache", no_args_is_help=True, add_completion=False, 
 console = Console()
 err_console = Console(stderr=True)
 
-ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (recipes/NAME.yaml) or path to a recipe.")
+ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (see `ertacache recipes`) or path to a recipe file.")
 MethodOpt = typer.Option(None, "--method", help="Method preset over the recipe: ertacache (the paper), ertacache-x1, "
                          "ertacache-x2, ertacache-x2p (see `ertacache recipes --methods`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampling.steps=30 (repeatable).")
@@ -67,7 +67,8 @@ def _lambdas(values: Optional[List[str]]) -> list[float]:
 
 @app.command("recipes")
 def recipes_cmd(methods: bool = typer.Option(False, "--methods", help="List the --method presets instead.")) -> None:
-    """List the recipes: name, pipeline class, steps, size/frames, branches, method."""
+    """List the recipes: name, pipeline class, steps, size/frames, branches, method, and where each was found."""
+    from .assets import available_recipes
     from .backbones import get_backbone
     from .presets import METHODS, preset_of
     from .recipe import list_recipes
@@ -77,16 +78,18 @@ def recipes_cmd(methods: bool = typer.Option(False, "--methods", help="List the 
               "--method presets (applied over the recipe, under --set)")
         return
     rows = []
+    origin = {found.name: found.origin for found in available_recipes()}
     for name, r in list_recipes():
         if isinstance(r, str):
-            rows.append({"name": name, "pipeline": "-", "steps": None, "size": "-", "branches": f"invalid: {r}"})
+            rows.append({"name": name, "pipeline": "-", "steps": None, "size": "-", "branches": f"invalid: {r}",
+                         "from": origin.get(name, "-")})
             continue
         s = r.sampling
         size = f"{s.width}x{s.height}" + (f"x{s.frames}f" if s.frames else "")
         rows.append({"name": name, "pipeline": r.model.pipeline, "steps": s.steps, "size": size,
                      "branches": ",".join(get_backbone(r.model.pipeline).branches), "method": preset_of(r),
-                     "source": r.model.path or r.model.source})
-    _show(rows, "recipes")
+                     "source": r.model.path or r.model.source, "from": origin.get(name, "-")})
+    _show(rows, "recipes (lookup order: ./recipes, $ERTACACHE_RECIPES, bundled)")
 
 
 @app.command("validate")

@@ -12,11 +12,8 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from ertacli.assets import available_recipes, describe_search_path, find_named
 from ertacli.errors import UserError
-
-REPO_DIR = Path(__file__).resolve().parents[1]
-RECIPES_DIR = Path(os.environ.get("ERTACACHE_RECIPES") or REPO_DIR / "recipes")
-RESULTS_DIR = Path(os.environ.get("ERTACACHE_RESULTS") or Path.cwd() / "results")
 
 PromptKind = Literal["calibration", "eval"]
 Toggle = Annotated[Literal["auto", "on", "off"],  # YAML reads a bare on/off as a boolean: take it back
@@ -26,16 +23,10 @@ RUNTIME_MODEL_FIELDS = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_b
 """ModelCfg fields that change memory and speed, not what the model computes (beyond kernel round-off)."""
 
 
-def recipes_dir() -> Path:
-    """Directory of named recipes: $ERTACACHE_RECIPES, else RECIPES_DIR."""
-    env = os.environ.get("ERTACACHE_RECIPES")
-    return Path(env) if env else RECIPES_DIR
-
-
 def results_dir() -> Path:
-    """Directory for run outputs: $ERTACACHE_RESULTS, else RESULTS_DIR."""
+    """Directory for run outputs: $ERTACACHE_RESULTS, else results/ in the current folder (read at each call)."""
     env = os.environ.get("ERTACACHE_RESULTS")
-    return Path(env) if env else RESULTS_DIR
+    return Path(env).expanduser() if env else Path.cwd() / "results"
 
 
 class _Strict(BaseModel):
@@ -236,27 +227,24 @@ def read_prompt_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def _available_names() -> list[str]:
-    """Names of the recipes in the recipes directory."""
-    d = recipes_dir()
-    return sorted(p.stem for p in d.glob("*.yaml") if not p.name.startswith("_")) if d.is_dir() else []
-
-
 def find_recipe(name_or_path: str | Path) -> Path:
-    """Path of a recipe given an existing file path or a recipe name."""
+    """Path of a recipe: an existing file path, else NAME.yaml on the search path (ertacli.assets.search_path)."""
     raw = str(name_or_path)
     path = Path(raw).expanduser()
     if path.is_file():
         return path
-    name = raw[:-5] if raw.endswith(".yaml") else raw[:-4] if raw.endswith(".yml") else raw
-    candidate = recipes_dir() / f"{name}.yaml"
-    if "/" not in name and os.sep not in name and candidate.is_file():
-        return candidate
     if "/" in raw or os.sep in raw:
         raise UserError(f"recipe file not found: {raw} (give an existing file or a recipe name; see 'ertacache recipes')")
-    close = difflib.get_close_matches(name, _available_names(), n=3, cutoff=0.5)
+    name = raw[:-5] if raw.endswith(".yaml") else raw[:-4] if raw.endswith(".yml") else raw
+    found = find_named(name)
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name, [r.name for r in available_recipes()], n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UserError(f"unknown recipe '{name}' (not in {recipes_dir()}); {hint}run 'ertacache recipes' to list them")
+    if Path(f"{name}.yaml").is_file():
+        hint = f"to use ./{name}.yaml pass --model {name}.yaml; "
+    raise UserError(f"unknown recipe '{name}' (searched {describe_search_path()}); {hint}"
+                    "run 'ertacache recipes' to list them")
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -391,11 +379,11 @@ def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
 
 
 def list_recipes() -> list[tuple[str, Recipe | str]]:
-    """(name, Recipe or one-line error) for every recipe in the recipes directory."""
+    """(name, Recipe or one-line error) for every named recipe on the search path."""
     out: list[tuple[str, Recipe | str]] = []
-    for name in _available_names():
+    for found in available_recipes():
         try:
-            out.append((name, resolve_recipe(recipes_dir() / f"{name}.yaml")))
+            out.append((found.name, resolve_recipe(found.path)))
         except UserError as exc:
-            out.append((name, str(exc)))
+            out.append((found.name, str(exc)))
     return out

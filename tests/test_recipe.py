@@ -175,14 +175,16 @@ def test_digest_stable_and_sensitive(rdir):
 def test_list_recipes_reports_errors(rdir):
     write(rdir / "broken.yaml", "name: broken\nmodel: {pipeline: X}\nsampling: {steps: x}\n")
     listed = dict(list_recipes())
-    assert set(listed) == {"mine", "broken"}
+    assert {"mine", "broken"} <= set(listed) and "_base" not in listed
+    assert "tiny-flux" in listed  # $ERTACACHE_RECIPES adds to the bundled recipes, it does not hide them
     assert listed["mine"].name == "mine"
     assert isinstance(listed["broken"], str) and "field 'sampling.steps'" in listed["broken"]
 
 
-def test_bundled_recipes_resolve(monkeypatch):
+def test_bundled_recipes_resolve(monkeypatch, tmp_path):
     monkeypatch.delenv("ERTACACHE_RECIPES", raising=False)
-    monkeypatch.setattr("ertacli.recipe.RECIPES_DIR", REPO / "recipes")
+    monkeypatch.chdir(tmp_path)  # no ./recipes: only the bundled ones (the checkout's recipes/ here)
+    assert find_recipe("tiny-flux") == REPO / "recipes" / "tiny-flux.yaml"
     listed = dict(list_recipes())
     assert {"tiny-flux", "tiny-wan"} <= set(listed)
     flux, wan = listed["tiny-flux"], listed["tiny-wan"]

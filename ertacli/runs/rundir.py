@@ -17,8 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from ..assets import checkout_root
 from ..errors import UserError
-from ..recipe import REPO_DIR, results_dir as default_results_dir
+from ..recipe import results_dir as default_results_dir
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 TMP_PREFIX = ".tmp-"
@@ -171,9 +172,12 @@ def _version(pkg: str) -> Optional[str]:
 
 
 def _git(*args: str) -> Optional[str]:
-    """Output of a git command in the repo, or None when git or the repo is missing."""
+    """Output of a git command in the checkout this package runs from, or None (no git, or an installed package)."""
+    root = checkout_root()
+    if root is None:
+        return None
     try:
-        res = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout if res.returncode == 0 else None
