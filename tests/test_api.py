@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import runpy
 import sys
@@ -24,15 +25,24 @@ def runs(results: Path, recipe: str, command: str) -> list[Path]:
     return sorted(p for p in (results / recipe).iterdir() if p.name.startswith(f"{command}-"))
 
 
+@contextlib.contextmanager
+def isolated(tmp_path_factory, name: str):
+    """A module-scoped results folder and working directory: (monkeypatch, root)."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp(name)
+    mp.setenv("ERTACACHE_RESULTS", str(root / "results"))
+    mp.chdir(root)
+    try:
+        yield mp, root
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def flux_cli(tmp_path_factory):
     """`ertacache search --lambda 0.15` + `fit` + `generate --plan` on tiny-flux, run through the CLI."""
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("api")
-    mp.setenv("ERTACACHE_RESULTS", str(root / "results"))
-    mp.chdir(root)
     capsys = _Capture()
-    try:
+    with isolated(tmp_path_factory, "api") as (mp, root):
         assert cli(mp, capsys, "search", "-m", "tiny-flux", "--lambda", "0.15", "--method", "ertacache-x1", "-q")[0] == 0
         (search,) = runs(root / "results", "tiny-flux", "search")
         plan_dir = search / "plans" / "lambda-0.15"
@@ -45,8 +55,6 @@ def flux_cli(tmp_path_factory):
         assert code == 0, err
         (gen,) = runs(root / "results", "tiny-flux", "generate")
         yield {"search": plan_dir, "fit": fit / "plan", "generate": gen}
-    finally:
-        mp.undo()
 
 
 class _Capture:
@@ -111,19 +119,13 @@ def random_plan(tmp_path_factory):
     from ertacli.backbones.loader import load_pipeline
     from ertacli.recipe import resolve_recipe
 
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("mismatch")
-    mp.setenv("ERTACACHE_RESULTS", str(root / "results"))
-    mp.chdir(root)
-    try:
+    with isolated(tmp_path_factory, "mismatch") as (mp, root):
         sets = ["--set", "sampling.steps=8", "-q"]
         assert cli(mp, _Capture(), "search", "-m", "tiny-flux-random", "--lambda", "0.5", *sets)[0] == 0
         (search,) = runs(root / "results", "tiny-flux-random", "search")
         recipe = resolve_recipe("tiny-flux-random", ["sampling.steps=8"])
         loaded = load_pipeline(recipe, "cpu")
         yield ertacli.load_plan(search / "plans" / "lambda-0.5"), loaded
-    finally:
-        mp.undo()
 
 
 def call_kwargs(loaded, steps=8, size=32):
