@@ -134,6 +134,7 @@ def _load_pretrained(recipe, backbone: Backbone, dtype: Any) -> tuple[Any, Promp
     if local and not os.path.isdir(path):
         raise UserError(f"model.path {path!r} is not a directory; point it at a downloaded pipeline folder")
     cls = getattr(diffusers, recipe.model.pipeline, None) or diffusers.DiffusionPipeline
+    diffusers.utils.logging.disable_progress_bar()  # no "Loading pipeline components" bar in piped logs
     choice = text_encoder_choice(recipe)
     extra = {} if choice == "pipeline" else _no_text_kwargs(cls)
     try:

@@ -131,7 +131,7 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
              "speedup", "ideal_speedup", "peak_memory_gb"]
     short = {"cached_steps": "cached", "latency_s": "sec", "baseline_latency_s": "sec0", "ideal_speedup": "ideal",
              "peak_memory_gb": "peak GB"}
-    return job.finished(run), table[shown].rename(columns=short)
+    return job.finished(run), table[shown].rename(columns=short), rows
 
 
 def bench_job(model: str, sets: list[str] | None, device: str | None, quiet: bool,

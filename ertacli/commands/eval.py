@@ -56,25 +56,27 @@ def score_runs(job: Job, cached_dir: Path, base_dir: Path, metric_names: list[st
     return per, {"run": str(cached_dir), "baseline": str(base_dir), "plan": info.get("plan"), **summary}
 
 
-def timed(job: Job, samples: Samples, runner, baseline=None) -> dict:
-    """Paired timing of a runner against the uncached baseline, with the recipe's rounds and samples."""
+def timed(job: Job, samples: Samples, runner, baseline=None, ideal: float | None = None) -> dict:
+    """Paired timing of a runner against the uncached baseline (the recipe's rounds and samples), with its note."""
     from ..evaluation.runners import baseline_runner
-    from ..evaluation.timing import paired_timing
+    from ..evaluation.timing import paired_timing, timing_note
 
     baseline = baseline or baseline_runner(job.sampler, job.recipe.cache.residual)
-    return paired_timing(samples, runner, baseline, **job.timing())
+    t = paired_timing(samples, runner, baseline, **job.timing())
+    return {**t, "timing_note": timing_note(t["speedup"], t["speedup_q1"], t["speedup_q3"], ideal)}
 
 
 def result_row(job: Job, samples: Samples, base_dir: Path, runner, method: str, plan: Plan | None = None) -> dict:
     """Generate with a runner, score it against the baseline, time it: the one table row every command prints."""
     metrics = list(job.recipe.eval.metrics)
     _, s = score_runs(job, run_generate(job, samples, runner=runner), base_dir, metrics)
-    s.update(timed(job, samples, runner))
+    s.update(timed(job, samples, runner, ideal=s["ideal_speedup"]))
     row = {"method": method}
     if plan is not None:
         row.update({"lambda": plan.lam, "cached_steps": plan.n_cached})
     row.update({"nfe": s["nfe"], "baseline_nfe": s["baseline_nfe"], "ideal_speedup": s["ideal_speedup"],
-                "speedup": s["speedup"], **{m: s[m] for m in metrics}, "latency_s": s["timing_seconds"],
+                "speedup": s["speedup"], "speedup_q1": s["speedup_q1"], "speedup_q3": s["speedup_q3"],
+                "timing_note": s["timing_note"], **{m: s[m] for m in metrics}, "latency_s": s["timing_seconds"],
                 "baseline_latency_s": s["timing_baseline_seconds"], "run": s["run"]})
     if plan is not None:
         row["plan"] = str(plan.folder)
@@ -148,7 +150,7 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
     per, summary = score_runs(job, cached_dir, base_dir, names)
     if plan_path is not None:
         summary["speedup_runs"] = summary["speedup"]
-        summary.update(timed(job, samples, runner_for(job, plan_path)))
+        summary.update(timed(job, samples, runner_for(job, plan_path), ideal=summary["ideal_speedup"]))
         summary["overhead"] = summary["speedup"] / summary["ideal_speedup"]
     if vbench:
         summary.update(vbench_scores(cached_dir))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..calibration.samples import Samples
 from ..errors import UserError
-from ..progress import progress_bar
+from ..progress import task
 from ..runs.artifacts import load_tensors, read_json, save_tensors
 from ..runs.job import Job
 
@@ -69,10 +69,9 @@ def generate_samples(job: Job, samples: Samples, runner, run_path: Path, todo: l
                      label: str = "generate") -> None:
     """Run the samples `todo` one at a time after untimed warm-up calls; each is saved as soon as it is done."""
     video = job.loaded.backbone.media == "video"
-    with runner, progress_bar(job.quiet) as bar:
+    with runner, task(label, len(todo), job.quiet) as advance:
         for _ in range(job.recipe.eval.warmup if todo else 0):
             runner.run(samples.prompts[todo[0]], samples.seeds[todo[0]])
-        task = bar.add_task(label, total=len(todo))
         for i in todo:
             out, nfe, cached = runner.run(samples.prompts[i], samples.seeds[i])
             row = {"index": i, "prompt": samples.prompts[i], "seed": samples.seeds[i], "nfe": nfe,
@@ -80,7 +79,7 @@ def generate_samples(job: Job, samples: Samples, runner, run_path: Path, todo: l
                    "transformer_seconds": out.transformer_seconds}
             row["file"] = _save_media(run_path, i, out.media[0], video)
             _write_record(run_path, row, out.latents[0])
-            bar.advance(task)
+            advance()
 
 
 def _spaced(n: int, k: int) -> list[int]:

@@ -57,7 +57,8 @@ def time_uniform(job: Job, samples: Samples, n_cached: int, predictor: str, base
     nfe, n_cached_calls = runner.last_stats["nfe"], runner.last_stats["cached"]
     return {"predictor": predictor, "cached_per_branch": n_cached, "nfe": nfe, "cached_calls": n_cached_calls,
             "baseline_seconds": t["timing_baseline_seconds"], "cached_seconds": t["timing_seconds"],
-            "speedup": t["speedup"], "transformer_baseline_seconds": t["transformer_baseline_seconds"],
+            "speedup": t["speedup"], "speedup_q1": t["speedup_q1"], "speedup_q3": t["speedup_q3"],
+            "transformer_baseline_seconds": t["transformer_baseline_seconds"],
             "transformer_seconds": t["transformer_seconds"], "transformer_speedup": t["transformer_speedup"],
             "timing_calls": t["timing_calls"]}
 
@@ -67,6 +68,7 @@ def run_overhead(job: Job, ratios: list[float], predictors: list[str]) -> tuple:
     import pandas as pd
 
     from ..evaluation.runners import baseline_runner
+    from ..evaluation.timing import timing_note
     from ..runs.artifacts import peak_memory, write_resources
     from ..runs.tables import save_table
 
@@ -84,6 +86,7 @@ def run_overhead(job: Job, ratios: list[float], predictors: list[str]) -> tuple:
             r = time_uniform(job, samples, n, p, baseline)
             ideal = nfe0 / r["nfe"]
             r.update({"baseline_nfe": nfe0, "ideal_speedup": ideal, "of_ideal": r["speedup"] / ideal,
+                      "timing_note": timing_note(r["speedup"], r["speedup_q1"], r["speedup_q3"], ideal),
                       "transformer_of_ideal": r["transformer_speedup"] / ideal,
                       "transformer_share": r["transformer_baseline_seconds"] / r["baseline_seconds"]})
             rows.append(r)
@@ -99,5 +102,5 @@ def run_overhead(job: Job, ratios: list[float], predictors: list[str]) -> tuple:
              "of_ideal": "of ideal", "transformer_speedup": "tf speedup", "transformer_of_ideal": "tf of ideal",
              "transformer_share": "tf share"}
     cols = ["predictor", "cached_per_branch", "nfe", "baseline_nfe", "ideal_speedup", "speedup", "of_ideal",
-            "transformer_speedup", "transformer_of_ideal", "transformer_share"]
+            "transformer_speedup", "transformer_of_ideal", "transformer_share", "timing_note"]
     return job.finished(run), table[cols].rename(columns=short)

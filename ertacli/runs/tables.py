@@ -49,14 +49,24 @@ def split_missing(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return short, notes
 
 
+def markdown(df: pd.DataFrame) -> str:
+    """The frame as a GitHub Markdown table, cells formatted as on the terminal (one row per line)."""
+    cells = df.map(format_cell) if len(df) else df.astype(str)
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
+PATH_COLUMNS = ("run", "plan", "baseline")
+"""Columns holding run-directory paths: kept in the CSV, left out of the Markdown table."""
+
+
 def save_table(df: pd.DataFrame, rundir_path: str | Path, stem: str) -> tuple[Path, Path]:
-    """Write <stem>.csv (full cells) and <stem>.md (missing-metric reasons once, under the table); return both."""
+    """Write <stem>.csv (full cells) and <stem>.md (formatted, no path columns, missing reasons once, below)."""
     folder = Path(rundir_path)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     df.to_csv(csv_path, index=False)
-    short, notes = split_missing(df)
-    md_path.write_text(short.to_markdown(index=False) + "\n" + "".join(f"\n{n}\n" for n in notes), encoding="utf-8")
+    short, notes = split_missing(df.drop(columns=[c for c in PATH_COLUMNS if c in df.columns]))
+    md_path.write_text(markdown(short) + "\n" + "".join(f"\n{n}\n" for n in notes), encoding="utf-8")
     return csv_path, md_path
 
 

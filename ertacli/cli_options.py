@@ -1,0 +1,80 @@
+"""Options shared by the commands (one meaning per name), their parsers, and the deprecated aliases."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .errors import UserError
+
+ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (see `ertacache recipes`) or path to a recipe file.")
+MethodOpt = typer.Option(None, "--method", help="Method preset over the recipe: ertacache (the paper), ertacache-x1, "
+                         "ertacache-x2, ertacache-x2p (see `ertacache methods`).")
+SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampling.steps=30 (repeatable).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available, else CPU).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines.")
+CompileOpt = typer.Option(False, "--compile", help="torch.compile each transformer block once (first call compiles).")
+LambdaOpt = typer.Option(None, "--lambda", "-l", help="Threshold(s) of the cached-step search: repeat or comma list "
+                         "(default: the recipe's search.lambdas).")
+SamplesOpt = typer.Option(None, "--samples", help="Evaluate on the first N eval samples (prompts x seeds).")
+PromptOpt = typer.Option(None, "--prompt", help="Prompt (repeatable; default: the recipe's eval prompts).")
+PromptsOpt = typer.Option(None, "--prompts", help="Prompt file: one prompt per line, or a JSON list.")
+SeedOpt = typer.Option(None, "--seed", help="Seed (repeatable; default: the recipe's eval seeds).")
+PlanOpt = typer.Option(None, "--plan", "-p", help="Plan folder (or a search/fit run holding one plan).")
+CompareOpt = typer.Option(False, "--compare", help="Also run the peers (each tuned to the plan's NFE) and a uniform cache.")
+PredictorOpt = typer.Option(None, "--predictor", help="Cached-step predictor: reuse, extrapolate-1, extrapolate-2.")
+
+PREDICTORS = {"reuse": ("reuse", None), "extrapolate-1": ("extrapolate", 1), "extrapolate-2": ("extrapolate", 2)}
+"""--predictor values: (cache.predictor, cache.order); the same on every command that takes one."""
+
+DEPRECATED = {  # command: {old option: new option}; the old names still work, with a warning
+    "estimate": {"--prompts": "--n-prompts"},
+    "sweep": {"--target-speedup": "--pick-speedup", "--min-psnr": "--pick-psnr"},
+    "recipes": {"--methods": "`ertacache methods`"},
+    "search": {"--predictor extrapolate": "--predictor extrapolate-1|extrapolate-2"},
+}
+
+
+def deprecated(command: str, old: str) -> None:
+    """Warn once that an old option name is deprecated, naming its replacement."""
+    from .runs.console import say
+
+    say(f"warning: `{command} {old}` is deprecated; use {DEPRECATED[command][old]}", "yellow", stderr=True)
+
+
+def lambdas(values: Optional[List[str]]) -> list[float]:
+    """--lambda is repeatable and takes comma lists: --lambda 0.05 --lambda 0.1,0.2."""
+    out = []
+    for v in values or []:
+        for part in str(v).split(","):
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise UserError(f"--lambda: {part!r} is not a number (use --lambda 0.08 or --lambda 0.05,0.1)")
+    return out
+
+
+def integers(values: Optional[List[str]], name: str) -> list[int]:
+    """A repeatable option of integers that also takes comma lists (--nfe 10,8 --nfe 6)."""
+    out = []
+    for v in values or []:
+        for part in str(v).split(","):
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise UserError(f"{name}: {part!r} is not an integer (e.g. {name} 10,8)")
+    return out
+
+
+def predictor_overrides(value: Optional[str], order: Optional[int]) -> list[str]:
+    """--predictor (and the older --order) as recipe overrides; an unknown value is a one-line error."""
+    if value == "extrapolate":
+        deprecated("search", "--predictor extrapolate")
+        return ["cache.predictor=extrapolate"] + ([f"cache.order={order}"] if order else [])
+    if value is not None and value not in PREDICTORS:
+        raise UserError(f"--predictor {value!r}: choose from {', '.join(PREDICTORS)}")
+    kind, fixed = PREDICTORS[value] if value else (None, None)
+    out = [f"cache.predictor={kind}"] if kind else []
+    chosen = fixed or order
+    return out + ([f"cache.order={chosen}"] if chosen else [])
