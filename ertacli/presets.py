@@ -1,7 +1,7 @@
 """Method presets: named recipe overrides for `--method NAME`, applied over the recipe and under `--set`.
 
 `ertacache` is the paper's method (reuse the last residual; validated adjustment and rectification). The
-others are this project's extensions (SPEC "Beyond the paper"): extrapolating the cached residual, and moving
+others are this project's extensions (docs/method.md "Beyond the paper"): extrapolating the cached residual, and moving
 the computed steps. A recipe's own `cache:` / `fit:` sections say which one it runs when `--method` is absent.
 """
 

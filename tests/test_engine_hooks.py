@@ -1,4 +1,4 @@
-"""Engine hooks and controllers on the tiny pipelines (CPU): the SPEC's invariants, end to end."""
+"""Engine hooks and controllers on the tiny pipelines (CPU): the invariants of docs/method.md, end to end."""
 
 from __future__ import annotations
 

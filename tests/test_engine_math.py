@@ -101,7 +101,7 @@ def test_constant_v_gives_zero_slope():
 
 @pytest.mark.parametrize("granularity,channel_dim,shape", CASES)
 def test_sigmoid_coeffs_spec(granularity, channel_dim, shape):
-    """K = 4a, B = 4(mean eps - 1/2) - K mean v (SPEC; not the paper's -4K mean v)."""
+    """K = 4a, B = 4(mean eps - 1/2) - K mean v (docs/method.md; not the paper's -4K mean v)."""
     v, eps = _data(shape, seed=2)
     stats = RectStats.from_batch(v, eps, granularity, channel_dim)
     a, _ = _lstsq(v, eps, granularity, channel_dim)
@@ -189,7 +189,7 @@ def test_adjusted_sigmas_random_phis(base):
         assert out[-1] == 0.0  # exactly
         assert all(out[k + 1] <= out[k] for k in range(T)), (seed, out)
         assert all(x >= 0.0 for x in out)
-        for k in range(T - 1):  # the SPEC recurrence, written out
+        for k in range(T - 1):  # the docs/method.md recurrence, written out
             want = out[k] - phis[k] * (base[k] - base[k + 1]) * (out[k] / base[k])
             assert math.isclose(out[k + 1], want, rel_tol=1e-12, abs_tol=1e-15)
 

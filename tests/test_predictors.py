@@ -1,4 +1,4 @@
-"""Extrapolating predictors, fitted gain and placement (SPEC "Beyond the paper"), on the tiny pipelines (CPU)."""
+"""Extrapolating predictors, fitted gain and placement (docs/method.md "Beyond the paper"), on the tiny pipelines (CPU)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from ..runs.job import Job
 GENERATE_FILE = "generate.json"
 GRID_MAX = 20  # samples shown in grid.png (every sample is saved on its own)
 GRID_FRAMES = 9  # frames per clip in grid.png
+GRID_COLUMNS = 5  # images per row in grid.png
 
 
 def _save_media(run_path: Path, i: int, media, video: bool) -> str:
@@ -91,17 +92,29 @@ def _merge(run, samples: Samples, video: bool) -> None:
     """Rank 0, once every sample exists: samples table, one latents file, the grid."""
     import pandas as pd
 
-    from ..runs.media import save_grid
     from ..runs.tables import save_table
 
     rows = [json.loads((run.path / f"records/{i:03d}.json").read_text()) for i in range(len(samples))]
     lat = {f"sample.{i}": load_tensors(run.path / f"latents/{i:03d}.safetensors")["latents"] for i in range(len(rows))}
     save_tensors(run.file("latents.safetensors"), lat)
-    media = load_outputs(run.path, rows[:GRID_MAX])
-    if video:  # one row per clip: GRID_FRAMES frames evenly spaced from first to last
-        media = [clip[k] for clip in media for k in _spaced(len(clip), GRID_FRAMES)]
-    save_grid(media, run.file("grid.png"), nrow=min(len(media), GRID_FRAMES if video else 10))
+    save_sample_grid(run.path, rows, video)
     save_table(pd.DataFrame(rows), run.path, "samples")
+
+
+def save_sample_grid(run_path: Path, rows: list[dict], video: bool) -> Path:
+    """grid.png: each sample with its prompt (and seed) as caption; a clip is one row of evenly spaced frames."""
+    from ..runs.media import save_captioned_grid
+
+    rows = rows[:GRID_MAX]
+    media = load_outputs(run_path, rows)
+    label = lambda r: f"{r['prompt']} (seed {r['seed']})"
+    if video:
+        frames = [[clip[k] for k in _spaced(len(clip), GRID_FRAMES)] for clip in media]
+        return save_captioned_grid(frames, [label(r) for r in rows], run_path / "grid.png", cell=64)
+    per_row = GRID_COLUMNS
+    cells = [media[i:i + per_row] for i in range(0, len(media), per_row)]
+    caps = [[label(r) for r in rows[i:i + per_row]] for i in range(0, len(rows), per_row)]
+    return save_captioned_grid(cells, caps, run_path / "grid.png", cell=128)
 
 
 def resume_inputs(job: Job, run_dir: str | Path) -> tuple[Samples, str | None]:

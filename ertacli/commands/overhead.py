@@ -1,7 +1,7 @@
 """overhead: what a cached step costs, measured against the uncached pipeline in one run.
 
 For each cache ratio and predictor (reuse; extrapolation of order 1 and 2, gain 1), a cache of that share
-of every branch's steps, evenly spaced (SPEC "Uniform cache"), is timed against the uncached pipeline with eval's
+of every branch's steps, evenly spaced (docs/method.md "Uniform cache"), is timed against the uncached pipeline with eval's
 paired timing (alternating calls after a warm-up round). The table gives the ideal speedup (the NFE ratio), the
 measured one and their ratio, and the transformer's share of the uncached call: the part a cache can remove.
 No plan is calibrated and no quality is scored, so the command needs no profile and runs as well on random

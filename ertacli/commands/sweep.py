@@ -107,6 +107,15 @@ def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, prof
     return ours + [{**r, "target_nfe": nfe} for r in peers], plans
 
 
+def profiled_plans(df) -> list:
+    """The plans whose search error the error profile shows: every lambda's, or the best calibrated per NFE."""
+    from ..plan import load_plan
+
+    rows = df[df["best_calibrated"] == True] if "best_calibrated" in df else df  # noqa: E712
+    ours = rows[rows["method"].astype(str).str.startswith(("ertacache", "auto"))] if "method" in rows else rows
+    return [load_plan(p) for p in ours.get("plan", []) if isinstance(p, str)]
+
+
 def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, target_speedup: float | None = None,
               min_psnr: float | None = None, nfes: list[int] | None = None, presets: list[str] | None = None,
               max_samples: int | None = None):
@@ -140,9 +149,10 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
     with job.rundir("sweep") as run:
         job.start(run, "sweep", samples.seeds)
         save_table(df, run.path, "sweep")
-        plot_pareto(df, run.file("pareto.png"), f"{job.recipe.name}: quality vs measured speedup")
-        plot_error_profile(profile, plans, run.file("error_profile.png"),
-                           f"{job.recipe.name}: per-step residual change, cached steps marked")
+        plot_pareto(df, run.file("pareto.png"), f"{job.recipe.name}: quality vs measured speedup",
+                    tuple(m for m in job.recipe.eval.metrics if m != "digit-acc") or ("psnr",))
+        plot_error_profile(profiled_plans(df), run.file("error_profile.png"),
+                           f"{job.recipe.name}: the search error each plan thresholded")
         run.write_json("sweep.json", {"profile": str(pdir), "search": str(search_dir) if search_dir else None,
                                       "baseline": str(base_dir), "choice": picked, "lambdas": lambdas,
                                       "nfe": list(nfes or []), "methods": presets})

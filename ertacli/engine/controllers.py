@@ -1,7 +1,7 @@
 """The engine's four modes, one controller each, sharing the hooks' `TransformerCall` interface.
 
 record (profile), threshold decision (search), apply a plan (generate), collect error statistics (fit).
-Every norm is the L1 norm summed over the whole batch in float64 (SPEC "Notation").
+Every norm is the L1 norm summed over the whole batch in float64 (docs/method.md "Notation").
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class ApplyController(Controller):
 class FitController(Controller):
     """fit: one lockstep pass on policy S; on cached steps also run the model to measure eps = v~ - v.
 
-    Coefficients for step k are solved from the whole batch at step k and applied at once (SPEC "fit").
+    Coefficients for step k are solved from the whole batch at step k and applied at once (docs/method.md "fit").
     """
 
     def __init__(self, T: int, cached: dict[str, set[int]], profile_dv: dict[str, list[float]],
@@ -230,7 +230,7 @@ class FitController(Controller):
         return call.wrap(vt)
 
     def _gain_prediction(self, call) -> torch.Tensor:
-        """R1 + c_k P_k with c_k fitted lockstep from this step's true R_k (SPEC "Fitted gain")."""
+        """R1 + c_k P_k with c_k fitted lockstep from this step's true R_k (docs/method.md "Beyond the paper")."""
         st = call.state
         P = self.predictor.term(st, self.predictor.at(call.k, self.schedule))
         if P is None:

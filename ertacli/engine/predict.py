@@ -1,4 +1,4 @@
-"""Extrapolating predictors for cached steps (SPEC "Beyond the paper: extrapolating predictors and placement").
+"""Extrapolating predictors for cached steps (docs/method.md "Beyond the paper").
 
 On a cached step k, `R^_k = R1 + c_k * P_k` with P_k Newton's form over the last computed (s_j, R_j).
 `c_k = 0` (or kind "reuse") is the paper's reuse of R1, returned unchanged.
@@ -16,7 +16,7 @@ ABSCISSAE = ("sigma", "index")
 
 
 def newton_term(hist: list, s_k: float, order: int) -> torch.Tensor | None:
-    """SPEC: P_k = (s_k - s1)[R1,R2] (+ (s_k - s1)(s_k - s2)[R1,R2,R3] for order 2); None when reuse."""
+    """docs/method.md: P_k = (s_k - s1)[R1,R2] (+ (s_k - s1)(s_k - s2)[R1,R2,R3] for order 2); None when reuse."""
     n = min(order, len(hist) - 1)
     if n <= 0:
         return None
@@ -31,7 +31,7 @@ def newton_term(hist: list, s_k: float, order: int) -> torch.Tensor | None:
 
 
 def fitted_gain(P: torch.Tensor, target: torch.Tensor, reduce=lambda x: x) -> float:
-    """SPEC: c_k = <P_k, R_k - R1> / <P_k, P_k> in float64, both sums reduced over the batch (all ranks)."""
+    """docs/method.md: c_k = <P_k, R_k - R1> / <P_k, P_k> in float64, both sums reduced over the batch (all ranks)."""
     num = reduce(float((P.double() * target.double()).sum()))
     den = reduce(float((P.double() ** 2).sum()))
     return num / den if den > 0 else 0.0
@@ -95,7 +95,7 @@ class Predictor:
         return float(self.c)
 
     def predict(self, state, branch: str, k: int, s_k: float) -> torch.Tensor:
-        """SPEC: R^_k = R1 + c_k * P_k; exactly R1 when c_k = 0 or no history."""
+        """docs/method.md: R^_k = R1 + c_k * P_k; exactly R1 when c_k = 0 or no history."""
         R1 = state.cached
         P = self.term(state, s_k)
         c = self.gain(branch, k)

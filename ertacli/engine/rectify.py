@@ -1,4 +1,4 @@
-"""Error rectification: streamed least squares eps ~ a v~ + b and its linear / sigmoid forms (SPEC "fit")."""
+"""Error rectification: streamed least squares eps ~ a v~ + b and its linear / sigmoid forms (docs/method.md "fit")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timestep schedules: uniform cache placement, timestep adjustment (SPEC "fit"), and the live schedule."""
+"""Timestep schedules: uniform cache placement, timestep adjustment (docs/method.md "fit"), and the live schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 
 def uniform_computed_steps(T: int, n_cached: int) -> list[int]:
-    """Computed steps of the uniform cache: c_j = floor(j (T-1) / (T-|S|-1) + 1/2) (SPEC "Uniform cache")."""
+    """Computed steps of the uniform cache: c_j = floor(j (T-1) / (T-|S|-1) + 1/2) (docs/method.md "Uniform cache")."""
     n_comp = T - n_cached
     if n_comp < 2:
         raise ValueError(f"a uniform cache needs at least 2 computed steps (T={T}, cached={n_cached})")
@@ -21,7 +21,7 @@ def uniform_cached_steps(T: int, n_cached: int) -> list[int]:
 
 
 def phi_value(numerator: float, denominator: float) -> float:
-    """phi_k = clip(1 - ||v~_k - v_k|| / ||v_k - v_{k-1}||, 0, 1); a zero denominator gives 0 (SPEC)."""
+    """phi_k = clip(1 - ||v~_k - v_k|| / ||v_k - v_{k-1}||, 0, 1); a zero denominator gives 0 (docs/method.md "fit")."""
     if denominator <= 0.0:
         return 0.0
     return min(1.0, max(0.0, 1.0 - numerator / denominator))

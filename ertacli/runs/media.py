@@ -83,3 +83,69 @@ def make_grid(images: Sequence[Any], nrow: int, pad: int = 2) -> Any:
 def save_grid(images: Sequence[Any], path: str | Path, nrow: int = 4) -> Path:
     """Save a grid of (3, H, W) images as one PNG."""
     return save_image(make_grid(images, nrow), path)
+
+
+CELL = 96  # smallest side of a grid cell in pixels: tiny 16x16 samples are shown 6x, nearest-neighbour
+
+
+def _caption_font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(text: str, draw, font, width: int) -> str:
+    """The caption cut with '...' to fit `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _wrap(text: str, draw, font, width: int, lines: int = 2) -> str:
+    """The caption in up to `lines` lines of at most `width` pixels (the last one cut with '...')."""
+    out, words = [], text.split()
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and draw.textlength(f"{line} {words[0]}", font=font) <= width:
+            line += " " + words.pop(0)
+        out.append(line)
+    if words:
+        out[-1] = _fit(out[-1] + " " + " ".join(words), draw, font, width)
+    return "\n".join(_fit(line, draw, font, width) for line in out)
+
+
+def save_captioned_grid(rows: Sequence[Sequence[Any]], captions: Sequence[Any], path: str | Path,
+                        cell: int = CELL) -> Path:
+    """A PNG grid of (3, H, W) images, scaled up (nearest neighbour) to at least `cell` pixels a side.
+
+    `rows[i]` is one row of images; `captions[i]` is the row's caption (a str: one clip's frames) or a list with
+    one caption per image (a row of separate samples).
+    """
+    from PIL import Image, ImageDraw
+
+    h, w = rows[0][0].shape[-2:]
+    scale = max(1, -(-cell // min(h, w)))
+    per_cell = not all(isinstance(t, str) for t in captions)
+    ch, cw, pad, cap = h * scale, w * scale, 6, 32 if per_cell else 18
+    ncol = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (pad + ncol * (cw + pad), len(rows) * (cap + ch + pad) + pad), "white")
+    draw, font = ImageDraw.Draw(canvas), _caption_font(12)
+    for i, (images, text) in enumerate(zip(rows, captions)):
+        y = pad + i * (cap + ch + pad)
+        if isinstance(text, str):
+            draw.text((pad, y + 2), _fit(text, draw, font, canvas.width - 2 * pad), fill="black", font=font)
+        for j, img in enumerate(images):
+            x = pad + j * (cw + pad)
+            if not isinstance(text, str):
+                draw.multiline_text((x, y + 1), _wrap(str(text[j]), draw, font, cw), fill="black", font=font,
+                                    spacing=2)
+            canvas.paste(Image.fromarray(to_uint8(img)).resize((cw, ch), Image.NEAREST), (x, y + cap))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -1,11 +1,12 @@
-"""Pictures of a sweep: quality against measured speedup (Pareto), and the residual error profile per branch."""
+"""Pictures of a sweep: quality against measured speedup (Pareto), and the search error each plan thresholded."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pandas as pd
+
+PEER_MARKERS = "sDP^X*hv<>p"
 
 
 def _numeric(series: pd.Series) -> pd.Series:
@@ -20,75 +21,99 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
     return sorted(front)
 
 
-def _panel(ax, df: pd.DataFrame, metric: str, higher_is_better: bool) -> None:
-    """One quality metric against measured speedup, one series per method, the frontier dashed."""
-    y = _numeric(df[metric]) if metric in df else pd.Series(dtype=float)
-    if y.isna().all():
-        reason = str(df[metric].dropna().iloc[0]) if metric in df and df[metric].notna().any() else "not measured"
-        ax.text(0.5, 0.5, textwrap.fill(f"{metric}: {reason}", 60), ha="center", va="center", fontsize=7,
-                transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    data = df.assign(_y=y, _x=_numeric(df["speedup"])).dropna(subset=["_x", "_y"])
+def measured_metrics(df: pd.DataFrame, metrics: list[str]) -> tuple[list[str], list[str]]:
+    """(metrics with at least one number, metrics with none)."""
+    have = [m for m in metrics if m in df and _numeric(df[m]).notna().any()]
+    return have, [m for m in metrics if m not in have]
+
+
+def _ours(method: str) -> bool:
+    return str(method).startswith(("ertacache", "auto"))
+
+
+def _panel(ax, data: pd.DataFrame, metric: str, higher_is_better: bool) -> list:
+    """One quality metric against measured speedup (IQR as error bars), every point labelled by its NFE."""
+    handles, peer = [], 0
     for method, g in data.groupby("method", sort=False):
-        ours = str(method).startswith("ertacache")
-        ax.plot(g["_x"], g["_y"], "o-" if ours else "s", label=method, markersize=6)
-        for _, r in g.iterrows() if ours else ():
-            matched = pd.notna(r.get("target_nfe")) or pd.isna(r.get("lambda"))
-            label = f"NFE {r['nfe']:g}" if matched else f"λ={r['lambda']:.3g}"
-            ax.annotate(label, (r["_x"], r["_y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ours = _ours(method)
+        style = dict(marker="o", linestyle="-") if ours else dict(marker=PEER_MARKERS[peer % len(PEER_MARKERS)],
+                                                                  linestyle="none")
+        peer += 0 if ours else 1
+        g = g.sort_values("_x")
+        xerr = [(g["_x"] - g["_q1"]).clip(lower=0), (g["_q3"] - g["_x"]).clip(lower=0)]
+        h = ax.errorbar(g["_x"], g["_y"], xerr=xerr, markersize=6, capsize=2, label=str(method), **style)
+        handles.append(h)
+        for _, r in g.iterrows():
+            ax.annotate(f"NFE {r['nfe']:g}", (r["_x"], r["_y"]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=6.5)
     front = pareto_front(list(zip(data["_x"], data["_y"])), higher_is_better)
     if len(front) > 1:
-        ax.plot(*zip(*front), "k--", linewidth=0.8, label="Pareto frontier")
-    ax.set_xlabel("measured speedup vs uncached (x)")
-    ax.set_ylabel(metric + (" (higher is better)" if higher_is_better else " (lower is better)"))
+        handles += ax.plot(*zip(*front), "k--", linewidth=0.8, label="Pareto frontier")
+    ax.set_xlabel("measured speedup vs uncached (x; bars: IQR over timing rounds)")
+    ax.set_ylabel(metric.upper() + (" (higher is better)" if higher_is_better else " (lower is better)"))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    return handles
 
 
-def plot_pareto(df: pd.DataFrame, path: Path, title: str) -> Path:
-    """PSNR, SSIM and LPIPS against measured speedup for each of our methods and each peer."""
+def plot_pareto(df: pd.DataFrame, path: Path, title: str, metrics: tuple[str, ...] = ("psnr", "ssim", "lpips")) -> Path:
+    """Each measured metric against measured speedup for our methods and each peer; missing ones in one note."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    _panel(axes[0], df, "psnr", True)
-    _panel(axes[1], df, "ssim", True)
-    _panel(axes[2], df, "lpips", False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    have, missing = measured_metrics(df, list(metrics))
+    x = _numeric(df.get("speedup", pd.Series(dtype=float)))
+    data = df.assign(_x=x, _q1=_numeric(df.get("speedup_q1", x)).fillna(x), _q3=_numeric(df.get("speedup_q3", x)).fillna(x))
+    fig, axes = plt.subplots(1, max(1, len(have)), figsize=(6.2 * max(1, len(have)), 5.2), squeeze=False)
+    handles = []
+    for ax, metric in zip(axes[0], have):
+        sub = data.assign(_y=_numeric(data[metric])).dropna(subset=["_x", "_y"])
+        handles = _panel(ax, sub, metric, metric != "lpips") or handles
+    note = f"not measured here: {', '.join(missing)} (the reason is in sweep.md)" if missing else ""
+    fig.legend(handles=handles, loc="lower center", ncol=min(5, max(1, len(handles))), fontsize=8, frameon=False)
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_error_profile(profile: dict, plans: list, path: Path, title: str) -> Path:
-    """Per branch: ||R_k - R_{k-1}|| / ||R_k|| of the uncached run per step, each plan's cached steps marked."""
+def plot_error_profile(plans: list, path: Path, title: str) -> Path:
+    """Per branch: each plan's search error e_k per step, its lambda line, and its cached steps marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    branches = list(profile["branches"])
-    fig, axes = plt.subplots(len(branches), 1, figsize=(9, 3.2 * len(branches)), squeeze=False)
+    plans = [p for p in plans if p.search_errors]
+    branches = list(dict.fromkeys(b for p in plans for b in p.branches)) or ["(no searched plan)"]
+    fig, axes = plt.subplots(len(branches), 1, figsize=(10, 3.6 * len(branches)), squeeze=False)
     for ax, b in zip(axes[:, 0], branches):
-        err = profile["stats"][b]["dR_rel"]
-        steps = list(range(1, len(err)))
-        ax.plot(steps, err[1:], "k.-", label="residual change vs previous step (uncached)")
-        top = max(err[1:]) if len(err) > 1 else 1.0
         for i, plan in enumerate(plans):
-            cached = plan.cached_steps.get(b, [])
-            ax.plot(cached, [top * (1.08 + 0.07 * i)] * len(cached), "v", markersize=5,
-                    label=f"cached at λ={plan.lam:g} ({len(cached)} steps)")
-        ax.set_title(f"branch {b}", fontsize=9)
+            errs = {int(k): v for k, v in plan.search_errors.get(b, {}).items()}
+            if not errs:
+                continue
+            color = f"C{i % 10}"
+            steps = sorted(errs)
+            label = f"{plan.predictor.get('kind', 'reuse')}-{plan.predictor.get('order', 1)}, NFE {plan.nfe}"
+            ax.plot(steps, [errs[k] for k in steps], ".-", color=color, linewidth=1, label=label)
+            if plan.lam is not None:
+                ax.axhline(plan.lam, color=color, linestyle="--", linewidth=0.8)
+                ax.annotate(f"λ={plan.lam:.3g}", (steps[-1], plan.lam), textcoords="offset points",
+                            xytext=(4, 2), fontsize=7, color=color)
+            cached = [k for k in plan.cached_steps.get(b, []) if k in errs]
+            ax.plot(cached, [errs[k] for k in cached], "v", color=color, markersize=7, markerfacecolor="none")
+        ax.set_title(f"branch {b}: ▽ = cached (e_k < λ); dashed = λ", fontsize=9)
         ax.set_xlabel("sampling step k (0 = pure noise)")
-        ax.set_ylabel("||R_k - R_{k-1}|| / ||R_k||")
+        ax.set_ylabel(r"$e_k = \|\hat R_k - R_k\|_1 \,/\, \|R_k\|_1$")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
