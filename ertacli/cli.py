@@ -170,23 +170,28 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
 
 
 @app.command("generate")
-def generate_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan folder; omit for the uncached baseline."),
+def generate_cmd(model: Optional[str] = typer.Option(None, "--model", "-m", help="Recipe name or path (default tiny-flux)."),
+                 plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan folder; omit for the uncached baseline."),
                  prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Prompt (repeatable)."),
                  prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file, one per line."),
                  seed: Optional[List[int]] = typer.Option(None, "--seed", help="Seed (repeatable; default: recipe eval seeds)."),
-                 resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run directory."),
+                 resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run "
+                                                      "directory with its recorded settings (see `ertacache runs`)."),
                  sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
                  compile_: bool = CompileOpt) -> None:
     """Run the pipeline uncached or with a plan; saves media, latents, NFE and time per sample."""
     import pandas as pd
 
-    from .commands.generate import resume_inputs, run_generate
+    from .commands.generate import run_generate
+    from .commands.resume import ResumeOptions, resume_job
 
-    job = _job(model, sets, device, quiet, compile_)
     if resume:
-        samples, plan = resume_inputs(job, resume)
+        opts = ResumeOptions(model, list(sets or []), plan, list(prompt or []), prompts, list(seed or []), device,
+                             compile_)
+        job, samples, plan, resume = resume_job(resume, opts, quiet)
         path = run_generate(job, samples, plan, resume=resume)
     else:
+        job = _job(model or "tiny-flux", sets, device, quiet, compile_)
         path = run_generate(job, job.eval_samples(prompt, prompts, seed), plan)
     df = pd.read_csv(path / "samples.csv")
     _show(df[["index", "prompt", "seed", "nfe", "seconds", "file"]], "generate", path)
@@ -352,18 +357,35 @@ def export_cmd(plan: str = typer.Argument(..., help="Plan folder (or a search/fi
     console.print(f"[bold]wrote:[/bold] {path}")
 
 
+def _note(exc: BaseException) -> Optional[str]:
+    """What the failed run kept and how to resume it (set by the run directory), also through click's Abort."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if getattr(e, "ertacache_note", None):
+            return e.ertacache_note
+    return None
+
+
+def _fail(message: Optional[str], exc: BaseException, code: int, label: str = "error") -> None:
+    """Print one line (the error, then what the run kept and how to resume it) and exit."""
+    line = "; ".join(x for x in (message, _note(exc)) if x) or "stopped before any run directory was written"
+    err_console.print(f"[bold red]{label}:[/bold red] {line}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2."""
+    """Console entry point: user errors and failed file operations print one line and exit 2."""
+    from .errors import os_error_message
+
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(exc.message, exc, 2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        _fail(None, exc, 130, "interrupted")
+    except OSError as exc:
+        _fail(os_error_message(exc), exc, 2)
     except Exception as exc:  # click usage errors
         import click
 
