@@ -261,8 +261,9 @@ def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re
     """Re-run a run directory's exact command and report whether the outputs match."""
     from .commands.reproduce import run_reproduce
 
-    new, df, ok = run_reproduce(Path(run_dir))
+    new, df, ok, note = run_reproduce(Path(run_dir))
     _show(df, "reproduce: " + ("exact match" if ok else "MISMATCH"), new)
+    console.print(note, highlight=False)
     if not ok:
         raise typer.Exit(1)
 
