@@ -186,8 +186,7 @@ def generate_cmd(model: Optional[str] = typer.Option(None, "--model", "-m", help
     from .commands.resume import ResumeOptions, resume_job
 
     if resume:
-        opts = ResumeOptions(model, list(sets or []), plan, list(prompt or []), prompts, list(seed or []), device,
-                             compile_)
+        opts = ResumeOptions(model, sets or [], plan, prompt or [], prompts, seed or [], device, compile_)
         job, samples, plan, resume = resume_job(resume, opts, quiet)
         path = run_generate(job, samples, plan, resume=resume)
     else:
@@ -266,6 +265,17 @@ def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re
     console.print(note, highlight=False)
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command("runs")
+def runs_cmd(clean: bool = typer.Option(False, "--clean", help="Remove the ones holding no finished sample.")) -> None:
+    """Incomplete run directories (.tmp-*): status, finished samples and the command that resumes each."""
+    from .commands.runs import clean_runs, incomplete_runs
+
+    rows = incomplete_runs()
+    removed = clean_runs(rows) if clean else []
+    _show([{k: v for k, v in r.items() if k != "cleanable"} for r in rows if r["run"] not in removed] or
+          [{"run": "none"}], "incomplete runs" + (f" ({len(removed)} empty ones removed)" if clean else ""))
 
 
 @app.command("demo")
@@ -358,17 +368,10 @@ def export_cmd(plan: str = typer.Argument(..., help="Plan folder (or a search/fi
     console.print(f"[bold]wrote:[/bold] {path}")
 
 
-def _note(exc: BaseException) -> Optional[str]:
-    """What the failed run kept and how to resume it (set by the run directory), also through click's Abort."""
-    for e in (exc, exc.__cause__, exc.__context__):
-        if getattr(e, "ertacache_note", None):
-            return e.ertacache_note
-    return None
-
-
 def _fail(message: Optional[str], exc: BaseException, code: int, label: str = "error") -> None:
-    """Print one line (the error, then what the run kept and how to resume it) and exit."""
-    line = "; ".join(x for x in (message, _note(exc)) if x) or "stopped before any run directory was written"
+    """Print one line (the error, then what the run kept and how to resume it, also through click's Abort), exit."""
+    note = next((e.ertacache_note for e in (exc, exc.__cause__, exc.__context__) if hasattr(e, "ertacache_note")), None)
+    line = "; ".join(x for x in (message, note) if x) or "stopped before any run directory was written"
     err_console.print(f"[bold red]{label}:[/bold red] {line}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
