@@ -377,16 +377,22 @@ def _fail(message: Optional[str], exc: BaseException, code: int, label: str = "e
 
 
 def main() -> None:
-    """Console entry point: user errors and failed file operations print one line and exit 2."""
-    from .errors import os_error_message
+    """Console entry point: user errors and failed file operations print one line and exit 2; Ctrl-C one line, 130."""
+    import signal
 
+    from .errors import Interrupted, os_error_message
+
+    def interrupt(*_):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
         _fail(exc.message, exc, 2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt) as exc:
+    except (typer.Abort, KeyboardInterrupt, Interrupted) as exc:
         _fail(None, exc, 130, "interrupted")
     except OSError as exc:
         _fail(os_error_message(exc), exc, 2)
@@ -397,6 +403,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -26,6 +26,10 @@ class PlanMismatch(UserError, ValueError):
     """A plan used with a model, step count, shape or scheduler other than the one it was calibrated on."""
 
 
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) during a command: raised by the CLI's handler, past click's own KeyboardInterrupt handling."""
+
+
 def require_same(what: str, field: str, recorded, actual, redo: str, error: type = UserError) -> None:
     """The one same-settings check: `what` was made with `field` = recorded, this run has actual -> one line."""
     if recorded != actual:

@@ -15,6 +15,7 @@ from ..runs.job import Job
 GENERATE_FILE = "generate.json"
 GRID_MAX = 20  # samples shown in grid.png (every sample is saved on its own)
 GRID_FRAMES = 9  # frames per clip in grid.png
+LARGE_RUN = 500  # above this many samples, a warning with the projected time
 
 
 def _save_media(run_path: Path, i: int, media, video: bool) -> str:
@@ -94,6 +95,16 @@ def generate_samples(job: Job, samples: Samples, runner, run_path: Path, todo: l
             row["file"] = _save_media(run_path, i, out.media[0], video)
             _write_record(run_path, row, out.latents[0])
             bar.advance(task)
+            if i == todo[0] and len(todo) > LARGE_RUN:
+                _warn_projected(len(todo), out.seconds)
+
+
+def _warn_projected(n: int, seconds: float) -> None:
+    """A large prompt set is not refused: say how long it will take, from the first sample's time."""
+    import sys
+
+    sys.stderr.write(f"warning: {n} samples to generate, about {n * seconds / 60:.1f} min at the first one's "
+                     f"{seconds:.2f} s each (Ctrl-C keeps what is done; `generate --resume` continues)\n")
 
 
 def _spaced(n: int, k: int) -> list[int]:
