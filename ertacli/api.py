@@ -115,8 +115,9 @@ def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile
     from .engine import Session
     from .plan import load_plan, validate
 
-    plan = load_plan(plan) if not isinstance(plan, Plan) else validate(plan)
+    plan = load_plan(plan) if not isinstance(plan, Plan) else plan
     bb = resolve_backbone(pipe, backbone)
+    validate(plan, tuple(bb.branches))
     host = pipe if hasattr(pipe, "transformer") else _BareTransformer(pipe)
     if host.scheduler is None and plan.adjusted_sigmas is not None:
         raise UserError(f"{plan.where} adjusts the timesteps, which needs the pipeline's scheduler: pass the "

@@ -160,11 +160,12 @@ def load_plan(path: str | Path) -> Plan:
     return plan
 
 
-def validate(plan: Plan) -> Plan:
-    """Run the plan validator on a Plan built in Python (what `load_plan` runs on a file)."""
+def validate(plan: Plan, branches: tuple[str, ...] | None = None) -> Plan:
+    """Run the plan validator on a Plan built in Python (what `load_plan` runs on a file); `branches`: those of
+    the backbone it is used with (default: the pipeline its model_id names)."""
     from .plan_check import validate_plan_data, validate_tensors
 
-    validate_plan_data(json.loads(json.dumps(plan.to_json(), default=str)), plan.where)
+    validate_plan_data(json.loads(json.dumps(plan.to_json(), default=str)), plan.where, branches)
     if plan.tensors:
         validate_tensors(plan.tensors, plan.branches, plan.where)
     return plan

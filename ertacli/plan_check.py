@@ -123,8 +123,11 @@ def known_branches(model_id: str, where: str) -> tuple[str, ...] | None:
                           f"`ertacache search` with a registered backbone") from None
 
 
-def validate_plan_data(data: Any, where: str) -> None:
-    """Refuse a plan.json content that cannot be run as it is (raises PlanInvalid, one line)."""
+def validate_plan_data(data: Any, where: str, known: tuple[str, ...] | None = None) -> None:
+    """Refuse a plan.json content that cannot be run as it is (raises PlanInvalid, one line).
+
+    known: the branches of the backbone the plan is used with (default: those of the pipeline its model_id names).
+    """
     c = _Check(where)
     if not isinstance(data, dict):
         c.fail("(top level)", f"must be a JSON object, got {type(data).__name__}")
@@ -140,7 +143,7 @@ def validate_plan_data(data: Any, where: str) -> None:
     base = c.sigmas("base_sigmas", data["base_sigmas"])
     if base and len(base) not in (steps, steps + 1):
         c.fail("base_sigmas", f"has {len(base)} values for {steps} steps")
-    branches = _check_branches(c, data["branches"], known_branches(model, where))
+    branches = _check_branches(c, data["branches"], known if known is not None else known_branches(model, where))
     _check_cached(c, data["cached_steps"], branches, steps)
     shapes = c.mapping("sample_shape", data["sample_shape"])
     for b, shape in shapes.items():
