@@ -113,10 +113,11 @@ def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile
     Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan.
     """
     from .engine import Session
-    from .plan import load_plan
+    from .plan import load_plan, validate
 
     plan = load_plan(plan) if not isinstance(plan, Plan) else plan
     bb = resolve_backbone(pipe, backbone)
+    validate(plan, tuple(bb.branches))
     host = pipe if hasattr(pipe, "transformer") else _BareTransformer(pipe)
     if host.scheduler is None and plan.adjusted_sigmas is not None:
         raise UserError(f"{plan.where} adjusts the timesteps, which needs the pipeline's scheduler: pass the "

@@ -176,23 +176,27 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
 
 
 @app.command("generate")
-def generate_cmd(model: str = ModelOpt,
+def generate_cmd(model: Optional[str] = typer.Option(None, "--model", "-m", help="Recipe name (see `ertacache "
+                                                    "recipes`) or path to a recipe file (default tiny-flux)."),
                  plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan folder; omit for the uncached baseline."),
                  prompt: Optional[List[str]] = PromptOpt, prompts: Optional[str] = PromptsOpt,
                  seed: Optional[List[int]] = SeedOpt,
-                 resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run directory."),
+                 resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run "
+                                                      "directory with its recorded settings (see `ertacache runs`)."),
                  sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
                  compile_: bool = CompileOpt) -> None:
     """Run the pipeline uncached or with a plan; saves media, latents, NFE and time per sample."""
     import pandas as pd
 
-    from .commands.generate import resume_inputs, run_generate
+    from .commands.generate import run_generate
+    from .commands.resume import ResumeOptions, resume_job
 
-    job = _job(model, sets, device, quiet, compile_)
     if resume:
-        samples, plan = resume_inputs(job, resume)
+        opts = ResumeOptions(model, sets or [], plan, prompt or [], prompts, seed or [], device, compile_)
+        job, samples, plan, resume = resume_job(resume, opts, quiet)
         path = run_generate(job, samples, plan, resume=resume)
     else:
+        job = _job(model or "tiny-flux", sets, device, quiet, compile_)
         path = run_generate(job, job.eval_samples(prompt, prompts, seed), plan)
     df = pd.read_csv(path / "samples.csv")
     _show(df[["index", "prompt", "seed", "nfe", "seconds", "file"]], "generate")
@@ -275,12 +279,25 @@ def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re
     """Re-run a run directory's exact command and report whether the outputs match."""
     from .commands.reproduce import run_reproduce
 
-    new, df, ok = run_reproduce(Path(run_dir))
+    new, df, ok, note = run_reproduce(Path(run_dir))
     _show(df, "reproduce: " + ("exact match" if ok else "MISMATCH"))
+    _say(note)
     bad = int((df["status"] != "match").sum()) if len(df) else 0
     _finish(f"{'exact match' if ok else 'MISMATCH'}: {len(df) - bad} of {len(df)} files match", new)
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command("runs")
+def runs_cmd(clean: bool = typer.Option(False, "--clean", help="Remove the ones holding no finished sample.")) -> None:
+    """Incomplete run directories (.tmp-*): status, finished samples and the command that resumes each."""
+    from .commands.runs import clean_runs, incomplete_runs
+
+    rows = incomplete_runs()
+    removed = clean_runs(rows) if clean else []
+    _show([{k: v for k, v in r.items() if k != "cleanable"} for r in rows if r["run"] not in removed] or
+          [{"run": "none"}], "incomplete runs" + (f" ({len(removed)} empty ones removed)" if clean else ""))
+    _finish(f"{len(rows)} incomplete runs" + (f", {len(removed)} holding nothing removed" if clean else ""))
 
 
 @app.command("demo")
@@ -381,18 +398,34 @@ def export_cmd(plan: str = typer.Argument(..., help="Plan folder (or a search/fi
     _finish(f"steps_computation_mask ({data['num_inference_steps']} steps, 1 = compute) {mask}; wrote {path}")
 
 
+def _fail(message: Optional[str], exc: BaseException, code: int, label: str = "error") -> None:
+    """Print one line (the error, then what the run kept and how to resume it, also through click's Abort), exit."""
+    note = next((e.ertacache_note for e in (exc, exc.__cause__, exc.__context__) if hasattr(e, "ertacache_note")), None)
+    line = "; ".join(x for x in (message, note) if x) or "stopped before any run directory was written"
+    _say(f"{label}: {line}", "bold red", stderr=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2."""
+    """Console entry point: user errors and failed file operations print one line and exit 2; Ctrl-C one line, 130."""
+    import signal
+
+    from .errors import Interrupted, os_error_message
+
+    def interrupt(*_):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
-        _say(f"error: {exc.message}", "bold red", stderr=True)
-        sys.exit(2)
+        _fail(exc.message, exc, 2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        _say("interrupted", "yellow", stderr=True)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt, Interrupted) as exc:
+        _fail(None, exc, 130, "interrupted")
+    except OSError as exc:
+        _fail(os_error_message(exc), exc, 2)
     except Exception as exc:  # click usage errors
         import click
 
@@ -400,6 +433,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import UserError
+
 
 @dataclass
 class World:
@@ -31,7 +33,15 @@ WORLD = World()
 
 def launched() -> bool:
     """True under torchrun / accelerate launch (WORLD_SIZE > 1 in the environment)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(raw)
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={raw[:40]!r} is not an integer; unset it, or launch with torchrun") from None
+    if size > 1 and not all(os.environ.get(k) for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
+        raise UserError(f"WORLD_SIZE={size} is set without RANK/MASTER_ADDR/MASTER_PORT: launch with "
+                        f"`torchrun --nproc-per-node {size} -m ertacli ...`, or unset WORLD_SIZE")
+    return size > 1
 
 
 def init(device: str) -> World:

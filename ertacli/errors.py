@@ -7,9 +7,14 @@ class UserError(Exception):
     """A one-line user-facing error; the CLI prints it styled and exits with code 2."""
 
     exit_code = 2
+    MAX_CHARS = 600  # a message quoting a huge value is cut in the middle, never megabytes long
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        text = " ".join(str(message)[:100_000].split())
+        if len(text) > self.MAX_CHARS:
+            half = self.MAX_CHARS // 2 - 3
+            text = f"{text[:half]} ... {text[-half:]}"
+        super().__init__(text)
 
     @property
     def message(self) -> str:
@@ -21,7 +26,23 @@ class PlanMismatch(UserError, ValueError):
     """A plan used with a model, step count, shape or scheduler other than the one it was calibrated on."""
 
 
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) during a command: raised by the CLI's handler, past click's own KeyboardInterrupt handling."""
+
+
 def require_same(what: str, field: str, recorded, actual, redo: str, error: type = UserError) -> None:
     """The one same-settings check: `what` was made with `field` = recorded, this run has actual -> one line."""
     if recorded != actual:
         raise error(f"{what} was made with {field} {recorded}, this run has {actual}: {redo}")
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: what failed, on which file, and the fix."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "a file"
+    fix = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (quota)",
+           errno.EACCES: "check the folder's permissions or set ERTACACHE_RESULTS to a writable folder",
+           errno.EROFS: "the file system is read-only: set ERTACACHE_RESULTS to a writable folder",
+           errno.EPERM: "check the folder's permissions"}.get(exc.errno, "check the path")
+    return UserError(f"{exc.strerror or type(exc).__name__}: {where}; {fix}").message

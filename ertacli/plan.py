@@ -139,31 +139,57 @@ def find_plan_dir(path: str | Path) -> Path:
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read a plan folder (or a run directory holding one plan); malformed files give a one-line error."""
+    """Read and validate a plan folder (or a run directory holding one plan); a bad plan is one line naming the field."""
+    from .plan_check import read_bounded, validate_plan_data
+
     folder = find_plan_dir(path)
+    where = str(folder / PLAN_FILE)
     try:
-        data = json.loads((folder / PLAN_FILE).read_text())
-        data["cached_steps"] = {b: [int(k) for k in s] for b, s in data["cached_steps"].items()}
+        data = json.loads(read_bounded(folder / PLAN_FILE))
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{where}: not a valid ertacache plan ({str(exc)[:200]}); re-run `ertacache search`")
+    if isinstance(data, dict) and data.get("format", FORMAT) != FORMAT:
+        raise UserError(f"{where}: plan format {str(data.get('format'))[:40]}, this tool reads {FORMAT}; re-run search")
+    validate_plan_data(data, where)
+    try:
         plan = Plan(**data)
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
-        raise UserError(f"{folder / PLAN_FILE}: not a valid ertacache plan ({exc}); re-run `ertacache search`")
-    if plan.format != FORMAT:
-        raise UserError(f"{folder / PLAN_FILE}: plan format {plan.format}, this tool reads {FORMAT}; re-run search")
+    except TypeError as exc:
+        raise UserError(f"{where}: not a valid ertacache plan ({str(exc)[:200]}); re-run `ertacache search`")
     plan.folder = folder
     plan.tensors = _read_tensors(plan, folder)
     return plan
 
 
+def validate(plan: Plan, branches: tuple[str, ...] | None = None) -> Plan:
+    """Run the plan validator on a Plan built in Python (what `load_plan` runs on a file); `branches`: those of
+    the backbone it is used with (default: the pipeline its model_id names)."""
+    from .plan_check import validate_plan_data, validate_tensors
+
+    validate_plan_data(json.loads(json.dumps(plan.to_json(), default=str)), plan.where, branches)
+    if plan.tensors:
+        validate_tensors(plan.tensors, plan.branches, plan.where)
+    return plan
+
+
 def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     """rectify.safetensors for per-channel / per-element coefficients (None for scalar or no rectification)."""
+    from .plan_check import MAX_TENSOR_BYTES, read_bounded, validate_tensors
+
     if not plan.rectify or not plan.rectify.get("enabled") or plan.rectify.get("granularity") == "scalar":
         return None
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     f = folder / RECT_FILE
     if not f.is_file():
         raise UserError(f"plan {folder}: {RECT_FILE} is missing; re-run `ertacache fit`")
-    return load_file(str(f))
+    try:
+        tensors = load(read_bounded(f, MAX_TENSOR_BYTES))
+    except UserError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for a corrupt header
+        raise UserError(f"{f}: not a readable tensor file ({str(exc)[:200]}); re-run `ertacache fit`")
+    validate_tensors(tensors, plan.branches, str(f))
+    return tensors
 
 
 def check_plan(plan: Plan, recipe) -> None:

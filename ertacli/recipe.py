@@ -62,13 +62,21 @@ class ModelCfg(_Strict):
         return self
 
 
+MAX_STEPS = 10_000  # sampling steps; larger is a typo, and a profile grows with T
+MAX_SIDE = 16_384  # pixels per side
+MAX_FRAMES = 4_096
+MAX_SEEDS = 10_000
+MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed's range, non-negative
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
 class SamplingCfg(_Strict):
     """Sampler settings passed to the pipeline call."""
 
-    steps: int = Field(28, ge=2)
-    height: int = Field(32, ge=1)
-    width: int = Field(32, ge=1)
-    frames: Optional[int] = Field(None, ge=1)
+    steps: int = Field(28, ge=2, le=MAX_STEPS)
+    height: int = Field(32, ge=1, le=MAX_SIDE)
+    width: int = Field(32, ge=1, le=MAX_SIDE)
+    frames: Optional[int] = Field(None, ge=1, le=MAX_FRAMES)
     guidance_scale: float = 3.5
     negative_prompt: str = ""
     max_sequence_length: Optional[int] = Field(None, ge=1)
@@ -79,7 +87,7 @@ class CalibrationCfg(_Strict):
     """Calibration prompts, seeds and the held-out fraction."""
 
     prompts: str = "../prompts/tiny-calibration.txt"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
     holdout: float = Field(0.25, gt=0, lt=1)
     micro_batch: int = Field(0, ge=0)  # split transformer calls into chunks of this many samples (0: whole batch)
 
@@ -88,7 +96,7 @@ class EvalCfg(_Strict):
     """Evaluation prompts, seeds, metrics and warm-up."""
 
     prompts: str = "../prompts/tiny-eval.txt"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
     metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"], min_length=1)
     warmup: int = Field(1, ge=0)
     timing_samples: int = Field(4, ge=1)

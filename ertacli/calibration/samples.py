@@ -18,7 +18,12 @@ class Samples:
 
     @classmethod
     def grid(cls, prompts: list[str], seeds: list[int]) -> "Samples":
-        """Every prompt with every seed, prompt-major."""
+        """Every prompt with every seed, prompt-major (seeds in [0, 2**63 - 1])."""
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2 ** 63 - 1]
+        if bad:
+            raise UserError(f"seed {str(bad[0])[:40]} is outside [0, 2**63 - 1]; use a non-negative integer seed")
+        if not prompts:
+            raise UserError("no prompts: give --prompt TEXT, a non-empty --prompts file, or the recipe's prompt file")
         return cls([p for p in prompts for _ in seeds], [int(s) for _ in prompts for s in seeds])
 
     def __len__(self) -> int:
@@ -30,6 +35,8 @@ class Samples:
 
     def first(self, n: int | None) -> "Samples":
         """The first n samples (all of them for None)."""
+        if n is not None and n < 1:
+            raise UserError(f"--samples {n}: evaluate at least 1 sample")
         return self if n is None else self.subset(list(range(min(len(self), n))))
 
     def digest(self) -> str:

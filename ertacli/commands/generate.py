@@ -16,6 +16,7 @@ GENERATE_FILE = "generate.json"
 GRID_MAX = 20  # samples shown in grid.png (every sample is saved on its own)
 GRID_FRAMES = 9  # frames per clip in grid.png
 GRID_COLUMNS = 5  # images per row in grid.png
+LARGE_RUN = 500  # above this many samples, a warning with the projected time
 
 
 def _save_media(run_path: Path, i: int, media, video: bool) -> str:
@@ -49,9 +50,22 @@ def _write_record(run_path: Path, row: dict, latents) -> None:
     os.replace(rec.with_suffix(".part"), rec)
 
 
-def done_indices(run_path: Path) -> set[int]:
-    """Samples a (possibly interrupted) generate run already finished."""
-    return {int(p.stem) for p in (run_path / "records").glob("*.json")}
+def read_record(run_path: Path, i: int) -> dict | None:
+    """Sample i's record when it and every file it names are intact, else None (redone on resume)."""
+    try:
+        row = json.loads((run_path / f"records/{i:03d}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = [run_path / str(row.get("file")), run_path / f"latents/{i:03d}.safetensors"]
+    if str(row.get("file", "")).endswith(".mp4"):
+        files.append(run_path / f"samples/{i:03d}.frames.safetensors")
+    return row if isinstance(row, dict) and all(f.is_file() and f.stat().st_size > 0 for f in files) else None
+
+
+def done_indices(run_path: Path, n: int, digest: str | None = None) -> set[int]:
+    """Samples a (possibly interrupted) generate run already finished with these settings, files intact."""
+    rows = {i: read_record(run_path, i) for i in range(n)}
+    return {i for i, row in rows.items() if row is not None and (digest is None or row.get("settings") == digest)}
 
 
 def runner_for(job: Job, plan_path: str | None):
@@ -67,7 +81,7 @@ def runner_for(job: Job, plan_path: str | None):
 
 
 def generate_samples(job: Job, samples: Samples, runner, run_path: Path, todo: list[int],
-                     label: str = "generate") -> None:
+                     label: str = "generate", digest: str | None = None) -> None:
     """Run the samples `todo` one at a time after untimed warm-up calls; each is saved as soon as it is done."""
     video = job.loaded.backbone.media == "video"
     with runner, task(label, len(todo), job.quiet) as advance:
@@ -77,10 +91,20 @@ def generate_samples(job: Job, samples: Samples, runner, run_path: Path, todo: l
             out, nfe, cached = runner.run(samples.prompts[i], samples.seeds[i])
             row = {"index": i, "prompt": samples.prompts[i], "seed": samples.seeds[i], "nfe": nfe,
                    "cached_calls": cached, "seconds": out.seconds,
-                   "transformer_seconds": out.transformer_seconds}
+                   "transformer_seconds": out.transformer_seconds, "settings": digest}
             row["file"] = _save_media(run_path, i, out.media[0], video)
             _write_record(run_path, row, out.latents[0])
             advance()
+            if i == todo[0] and len(todo) > LARGE_RUN:
+                _warn_projected(len(todo), out.seconds)
+
+
+def _warn_projected(n: int, seconds: float) -> None:
+    """A large prompt set is not refused: say how long it will take, from the first sample's time."""
+    import sys
+
+    sys.stderr.write(f"warning: {n} samples to generate, about {n * seconds / 60:.1f} min at the first one's "
+                     f"{seconds:.2f} s each (Ctrl-C keeps what is done; `generate --resume` continues)\n")
 
 
 def _spaced(n: int, k: int) -> list[int]:
@@ -88,13 +112,17 @@ def _spaced(n: int, k: int) -> list[int]:
     return list(range(n)) if n <= k else [round(i * (n - 1) / (k - 1)) for i in range(k)]
 
 
-def _merge(run, samples: Samples, video: bool) -> None:
+def _merge(run, samples: Samples, video: bool, digest: str) -> None:
     """Rank 0, once every sample exists: samples table, one latents file, the grid."""
     import pandas as pd
 
     from ..runs.tables import save_table
 
-    rows = [json.loads((run.path / f"records/{i:03d}.json").read_text()) for i in range(len(samples))]
+    rows = [read_record(run.path, i) for i in range(len(samples))]
+    bad = [f"{i:03d}" for i, row in enumerate(rows) if row is None or row.get("settings") != digest]
+    if bad:
+        raise UserError(f"{run.path}: records {', '.join(bad[:10])} are missing or were made with other settings "
+                        f"than recipe.yaml/inputs.json; resume it to redo them: ertacache generate --resume {run.path}")
     lat = {f"sample.{i}": load_tensors(run.path / f"latents/{i:03d}.safetensors")["latents"] for i in range(len(rows))}
     save_tensors(run.file("latents.safetensors"), lat)
     save_sample_grid(run.path, rows, video)
@@ -117,43 +145,39 @@ def save_sample_grid(run_path: Path, rows: list[dict], video: bool) -> Path:
     return save_captioned_grid(cells, caps, run_path / "grid.png", cell=128)
 
 
-def resume_inputs(job: Job, run_dir: str | Path) -> tuple[Samples, str | None]:
-    """The samples and plan of an interrupted generate run directory."""
-    p = Path(run_dir)
-    if not (p / "inputs.json").is_file() or not p.name.startswith(".tmp-generate-"):
-        raise UserError(f"{p} is not an interrupted generate run (look for results/<recipe>/.tmp-generate-*)")
-    info = read_json(p / "inputs.json")
-    if info["method"]["kind"] == "peer":
-        raise UserError(f"{p} was made with a peer cache; re-run `ertacache eval --compare` instead of resuming")
-    return Samples(info["samples"]["prompts"], info["samples"]["seeds"]), info["method"]["plan"]
-
-
 def run_generate(job: Job, samples: Samples, plan_path: str | None = None, runner=None,
                  resume: str | Path | None = None) -> Path:
     """Write a generate run directory (with a plan, uncached, or with `runner`); returns its path.
 
-    Under torchrun each rank takes its shard of samples; `resume` continues an interrupted run directory.
+    Under torchrun each rank takes its shard of samples; `resume` continues an interrupted run directory (whose
+    recorded settings must equal this job's: `generate --resume` rebuilds the job from the run, see resume.py).
     """
     from ..dist import WORLD, barrier
+    from .resume import INPUTS, check_settings, settings_digest, settings_of
 
     runner = runner or runner_for(job, plan_path)
     video = job.loaded.backbone.media == "video"
+    settings = settings_of(job, runner)
+    digest = settings_digest(settings)
+    if resume is not None:
+        check_settings(Path(resume), read_json(Path(resume) / INPUTS).get("settings"), settings)
     with job.rundir("generate", resumable=True, existing=resume, shared=True) as run:
         if resume is None:
             job.start(run, "generate", samples.seeds)
             if WORLD.main:
-                run.write_json("inputs.json", {"samples": samples.to_json(), "method": runner.info})
+                run.write_json(INPUTS, {"samples": samples.to_json(), "method": runner.info, "settings": settings,
+                                        "settings_digest": digest})
         barrier()
-        done = done_indices(run.path)
+        done = done_indices(run.path, len(samples), digest)
         todo = [i for i in WORLD.shard(len(samples)) if i not in done]
-        generate_samples(job, samples, runner, run.path, todo)
+        generate_samples(job, samples, runner, run.path, todo, digest=digest)
         barrier()
         if WORLD.main:
-            _merge(run, samples, video)
+            _merge(run, samples, video, digest)
             run.write_json(GENERATE_FILE, {
                 "recipe_key": job.key, **runner.info, "samples": samples.to_json(), "device": job.device,
                 "dtype": job.recipe.model.dtype, "media": "video" if video else "image",
-                "resumed": resume is not None,
+                "resumed": bool(done), "settings_digest": digest,
             })
     return job.finished(run)
 

@@ -75,6 +75,7 @@ def _is_clean_exit(exc: Optional[BaseException]) -> bool:
 
 
 INCOMPLETE = "INCOMPLETE"
+LOCK = "LOCK"
 
 
 class RunDir:
@@ -85,8 +86,9 @@ class RunDir:
                  existing: str | Path | None = None, lead: bool = True) -> None:
         """Plan the temp and final names; nothing is created until entered.
 
-        resumable: an interruption (Ctrl-C, a crash) keeps the temp folder, marked INCOMPLETE, for --resume;
-        existing: adopt that temp folder (resume); lead=False: another process (rank 0) creates and renames it.
+        resumable: a failure or interruption that leaves finished samples (records/*.json) keeps the temp folder,
+        marked INCOMPLETE with the reason and the resume command; existing: adopt that temp folder (resume);
+        lead=False: another process (rank 0) creates and renames it.
         """
         self.recipe_name = _check_component("recipe name", recipe_name)
         self.command = _check_component("command", command)
@@ -105,37 +107,66 @@ class RunDir:
         self.on_finish: list = []  # callables run just before a successful run is renamed into place
 
     def __enter__(self) -> "RunDir":
-        """Create the temp folder (or adopt an existing one)."""
+        """Create the temp folder (or adopt an existing one) and take its lock."""
         if self.lead and not self.existing:
             self.tmp_path.mkdir(parents=True, exist_ok=False)
         if self.lead:
+            try:
+                take_lock(self.tmp_path)
+            except BaseException:
+                if not self.existing:
+                    shutil.rmtree(self.tmp_path, ignore_errors=True)
+                raise
             (self.tmp_path / INCOMPLETE).unlink(missing_ok=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        """Rename to the final name on success; on failure remove the temp folder, or keep it marked INCOMPLETE."""
+        """Rename to the final name on success; on failure keep finished samples (INCOMPLETE), else remove."""
         if not self.lead:
             return False
         if not _is_clean_exit(exc):
-            from ..errors import UserError
-
-            if self.resumable and not isinstance(exc, UserError):
-                (self.tmp_path / INCOMPLETE).write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
-            else:
-                shutil.rmtree(self.tmp_path, ignore_errors=True)
+            self._failed(exc)
             return False
         try:
             for fn in self.on_finish:
                 fn()
             self.write_text("command.txt", shlex.join(self.argv) + "\n")
             final = self.tmp_path.parent / self.run_name
+            (self.tmp_path / LOCK).unlink(missing_ok=True)
             os.rename(self.tmp_path, final)
-        except BaseException:
-            shutil.rmtree(self.tmp_path, ignore_errors=True)
+        except BaseException as late:
+            self._failed(late)
             raise
         self.final_path = final
         self.path = final
         return False
+
+    def finished_count(self) -> int:
+        """Finished samples held by the temp folder (their records), 0 for a non-resumable run."""
+        return len(list((self.tmp_path / "records").glob("*.json"))) if self.resumable else 0
+
+    def resume_command(self) -> str:
+        return f"ertacache {self.command} --resume {shlex.quote(str(self.tmp_path))}"
+
+    def _failed(self, exc: BaseException) -> None:
+        """Keep a run holding finished samples, marked INCOMPLETE (why, and how to resume); remove any other."""
+        kept = self.finished_count()
+        if kept == 0:
+            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            note = "nothing was finished, so the run directory was removed"
+        else:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+            note = f"kept {kept} finished sample(s) in {self.tmp_path}; resume with: {self.resume_command()}"
+            try:
+                (self.tmp_path / INCOMPLETE).write_text(f"reason: {reason}\nkept: {kept} finished sample(s)\n"
+                                                        f"resume: {self.resume_command()}\n", encoding="utf-8")
+            except OSError:
+                pass  # a full disk: the records still say what is done, `ertacache runs` names the command
+            (self.tmp_path / LOCK).unlink(missing_ok=True)
+        try:
+            exc.ertacache_note = note  # cli.main prints it on the error's line
+        except AttributeError:
+            pass
 
     def file(self, name: str) -> Path:
         """Path of a file inside the run folder (parent folders created)."""
@@ -161,6 +192,49 @@ class RunDir:
         path = self.path / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def lock_owner(folder: Path) -> Optional[int]:
+    """PID of the live process holding a run folder's lock on this host, else None (no lock, or a stale one)."""
+    try:
+        info = json.loads((folder / LOCK).read_text(encoding="utf-8"))
+        pid, host = int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != platform.node():
+        return pid  # another machine's process: cannot tell, so count it as alive
+    return pid if pid != os.getpid() and pid_alive(pid) else None
+
+
+def take_lock(folder: Path) -> None:
+    """Own a run folder (LOCK holds this PID); a live owner makes this fail at once with its PID."""
+    lock = folder / LOCK
+    part = folder / f"{LOCK}.{os.getpid()}"
+    part.write_text(json.dumps({"pid": os.getpid(), "host": platform.node()}), encoding="utf-8")
+    try:
+        for attempt in (0, 1):
+            try:
+                os.link(part, lock)  # atomic: of two processes taking a free lock, one wins
+                return
+            except FileExistsError:
+                owner = lock_owner(folder)
+                if owner is not None or attempt == 1:
+                    raise UserError(f"{folder} is in use by process {owner} (its {LOCK} file); wait for it to "
+                                    f"finish or stop it, then retry") from None
+                lock.unlink(missing_ok=True)  # a stale lock: its process is gone
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _version(pkg: str) -> Optional[str]:
