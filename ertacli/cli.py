@@ -110,7 +110,9 @@ def profile_cmd(model: str = ModelOpt, sets: Optional[List[str]] = SetOpt, devic
     from .commands.profile import memory_estimate, run_profile
 
     job = _job(model, sets, device, quiet)
-    _say(memory_estimate(job), stderr=True)
+    estimate = memory_estimate(job)
+    if estimate:
+        _say(estimate, stderr=True)
     path = run_profile(job, keep_tensors=save_tensors)
     stats = pd.read_csv(path / "stats.csv")
     _show(stats.round(4), "profile: per-step statistics")

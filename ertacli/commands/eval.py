@@ -79,8 +79,15 @@ def result_row(job: Job, samples: Samples, base_dir: Path, runner, method: str, 
                 "timing_note": s["timing_note"], **{m: s[m] for m in metrics}, "latency_s": s["timing_seconds"],
                 "baseline_latency_s": s["timing_baseline_seconds"], "run": s["run"]})
     if plan is not None:
+        row["phi 0/mid/1"] = phi_counts(plan)
         row["plan"] = str(plan.folder)
     return row
+
+
+def phi_counts(plan: Plan) -> str | None:
+    """How many cached steps have phi = 0, 0 < phi < 1 and phi = 1 in a plan with timestep adjustment."""
+    ph = (plan.fit or {}).get("phi_summary") if plan.adjusted_sigmas is not None else None
+    return f"{ph['zero']}/{ph['partial']}/{ph['one']}" if ph and ph.get("cached") else None
 
 
 def plan_row(job: Job, samples: Samples, base_dir: Path, plan_dir, method: str) -> dict:

@@ -61,13 +61,15 @@ def find_or_make_profile(job: Job, given: str | None) -> tuple[dict, Path]:
     return load_profile(found if found is not None else run_profile(job), job)
 
 
-def memory_estimate(job: Job) -> str:
-    """The estimated peak memory of this job's calibration pass, as one line (printed before profile starts)."""
+def memory_estimate(job: Job) -> str | None:
+    """The estimated peak memory of this job's calibration pass as one line (None for a model without a config)."""
     import torch
 
     from ..backbones.memory import describe, estimate_peak
 
     sampler = job.sampler
+    if not hasattr(sampler.pipe.transformer, "config") or "height" not in sampler.call_kwargs:
+        return None
     bytes_per = torch.empty((), dtype=sampler.dtype or torch.float32).element_size()
     return describe(estimate_peak(sampler.pipe, sampler.backbone, sampler.call_kwargs, len(job.calibration()),
                                   sampler.micro_batch, bytes_per))
