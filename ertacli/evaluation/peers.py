@@ -118,7 +118,7 @@ def _cache_dit(taylorseer: bool):
 def _smoothcache(T, setting, pipe, extra):
     from .smoothcache_peer import SmoothCachePeer
 
-    return SmoothCachePeer(setting, T, extra["block_lists"])
+    return SmoothCachePeer(setting, T, extra["block_lists"], extra.get("smoothcache_curves"))
 
 
 def _smoothcache_calibrate(sampler, probe) -> dict:
