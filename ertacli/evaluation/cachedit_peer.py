@@ -38,6 +38,11 @@ def quiet_logs() -> None:
         handler.setLevel(logging.ERROR)
 
 
+PATCHED = ("forward", "_is_patched", "_diffusers_hook")
+"""Instance attributes cache-dit 1.5.3 sets on a transformer (its patched forward, its hook registry) and
+`disable_cache` leaves behind; a later SeaCache then keeps no residual history. Restored on detach."""
+
+
 @dataclass
 class CacheDitPeer:
     """One DBCache setting: residual-difference threshold, warm-up steps, T, TaylorSeer calibrator on/off."""
@@ -61,6 +66,7 @@ class CacheDitPeer:
     def attach(self, pipe) -> None:
         import cache_dit
 
+        self.saved = {k: vars(pipe.transformer)[k] for k in PATCHED if k in vars(pipe.transformer)}
         quiet_logs()
         with contextlib.redirect_stdout(io.StringIO()):
             cache_dit.enable_cache(pipe, **self.configs())
@@ -71,3 +77,8 @@ class CacheDitPeer:
 
         with contextlib.redirect_stdout(io.StringIO()):
             cache_dit.disable_cache(pipe)
+        for k in PATCHED:  # disable_cache leaves its patched forward on the transformer; the next peer gets it back
+            if k in self.saved:
+                setattr(pipe.transformer, k, self.saved[k])
+            else:
+                vars(pipe.transformer).pop(k, None)
