@@ -120,6 +120,21 @@ def profile_cmd(model: str = ModelOpt, sets: Optional[List[str]] = SetOpt, devic
             f"branches {', '.join(stats['branch'].unique())}", path)
 
 
+@app.command("teacache-fit")
+def teacache_fit_cmd(model: str = ModelOpt, sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
+                     quiet: bool = QuietOpt) -> None:
+    """TeaCache's rescaling polynomial (degree 4, least squares) fitted on the calibration samples -> teacache.json."""
+    import json
+
+    from .commands.teacache_fit import run_teacache_fit
+
+    path = run_teacache_fit(_job(model, sets, device, quiet))
+    fit = json.loads(path.read_text())
+    _show([{"degree": fit["degree"], "r2": round(fit["r2"], 4), "rms_residual": fit["rms_residual"],
+            "points": fit["points"], "input": fit["input"],
+            "coefficients": ", ".join(f"{c:.6g}" for c in fit["coefficients"])}], "TeaCache fit", path.parent)
+
+
 @app.command("search")
 def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
                profile: Optional[str] = typer.Option(None, "--profile", help="Profile run directory to use."),

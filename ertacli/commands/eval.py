@@ -109,11 +109,41 @@ def save_uniform(job: Job, plan: Plan) -> Path:
     return run.final_path / "plan"
 
 
-def peer_rows(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list[dict]:
-    """One row per available peer plus a uniform cache, all tuned to the plan's NFE."""
-    from ..evaluation.peer_tuning import probe_refs, tune_peer
-    from ..evaluation.peers import PEERS, available_peers
+def teacache_extra(job: Job) -> tuple[dict, str]:
+    """TeaCache's fitted polynomial (found or fitted now) and the row note naming its file and fit."""
+    from .teacache_fit import find_or_make_teacache
+
+    fit, path = find_or_make_teacache(job)
+    return {"teacache": fit}, f"{fit['input']}; coefficients {path} (R2 {fit['r2']:.3f}, {fit['points']} points)"
+
+
+PEER_INPUTS = {"TeaCache": teacache_extra}
+"""Peers whose builds need a run-directory artifact: peer name -> (job) -> (extra, note)."""
+
+
+def peer_row(job: Job, samples: Samples, base_dir: Path, name: str, plan, probe, refs) -> dict:
+    """One peer tuned to the plan's NFE and run on the samples; or a row saying why it was not run."""
+    from ..evaluation.peer_tuning import tune_peer
+    from ..evaluation.peers import PEERS, why_missing
     from ..evaluation.runners import PeerRunner
+
+    reason = why_missing(name)
+    if reason is not None:
+        return {"method": name, "target_nfe": plan.nfe, "note": f"not run: {reason}"}
+    try:
+        extra, note = PEER_INPUTS[name](job) if name in PEER_INPUTS else ({}, PEERS[name].note)
+        tuned = tune_peer(job.sampler, name, plan.nfe, probe, refs, extra)
+        row = result_row(job, samples, base_dir, PeerRunner(job.sampler, name, tuned["setting"], tuned["extra"]), name)
+    except (RuntimeError, ValueError, TypeError, AttributeError, UserError) as exc:
+        return {"method": name, "target_nfe": plan.nfe, "note": f"not run: {str(exc).splitlines()[0]}"}
+    return {**row, "setting": str(tuned["setting"]), "target_nfe": plan.nfe,
+            "grid": f"best of {tuned['matched']} matched / {tuned['tried']} tried", "note": note}
+
+
+def peer_rows(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list[dict]:
+    """One row per registered peer (run, or why not) plus a uniform cache, all tuned to the plan's NFE."""
+    from ..evaluation.peer_tuning import probe_refs
+    from ..evaluation.peers import PEERS
     from ..plan import load_plan
 
     plan = load_plan(plan_dir)
@@ -121,17 +151,7 @@ def peer_rows(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> lis
     refs = probe_refs(job.sampler, probe, job.recipe.cache.residual)
     rows = [{**plan_row(job, samples, base_dir, save_uniform(job, plan), "uniform cache"),
              "setting": f"{plan.n_cached} cached, evenly spaced", "target_nfe": plan.nfe}]
-    for name in available_peers():
-        try:
-            tuned = tune_peer(job.sampler, name, plan.nfe, probe, refs)
-            row = result_row(job, samples, base_dir, PeerRunner(job.sampler, name, tuned["setting"], tuned["extra"]),
-                             name)
-        except (RuntimeError, ValueError, TypeError, AttributeError, UserError) as exc:
-            rows.append({"method": name, "target_nfe": plan.nfe, "note": f"not run: {str(exc).splitlines()[0]}"})
-            continue
-        rows.append({**row, "setting": str(tuned["setting"]), "target_nfe": plan.nfe,
-                     "grid": f"best of {tuned['matched']} matched / {tuned['tried']} tried", "note": PEERS[name].note})
-    return rows
+    return rows + [peer_row(job, samples, base_dir, name, plan, probe, refs) for name in PEERS]
 
 
 def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path: str | None = None,

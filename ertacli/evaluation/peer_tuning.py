@@ -19,16 +19,19 @@ def pick(tried: list[dict], target_nfe: float) -> dict:
     return min(tried, key=lambda t: (abs(t["nfe"] - target_nfe), t["nfe"]))
 
 
-def tune_peer(sampler, name: str, target_nfe: int, probe, refs: list) -> dict:
-    """The peer's whole grid on the probe samples; the best-PSNR setting at the target NFE (`pick`)."""
-    from .peers import PEERS, mag_ratios
+def tune_peer(sampler, name: str, target_nfe: int, probe, refs: list, extra: dict | None = None) -> dict:
+    """The peer's whole grid on the probe samples; the best-PSNR setting at the target NFE (`pick`).
+
+    `extra`: what the caller supplies the peer's builds (TeaCache: its fitted coefficients); a peer with its own
+    calibration (MagCache, SmoothCache) adds what it measures on the first probe sample."""
+    from .peers import PEERS
     from .runners import PeerRunner
     from .scoring import mean_psnr
 
     peer = PEERS[name]
-    extra = {}
-    if peer.needs_calibration:
-        extra["mag_ratios"] = mag_ratios(sampler, probe.prompts[0], probe.seeds[0])
+    extra = dict(extra or {})
+    if peer.calibrate is not None:
+        extra.update(peer.calibrate(sampler, probe))
     tried = []
     for setting in peer.grid:
         with PeerRunner(sampler, name, setting, extra) as m:

@@ -24,8 +24,9 @@ class Peer:
     config_class: str
     grid: tuple
     build: Callable[..., Any]
-    needs_calibration: bool = False
+    calibrate: Callable[..., dict] | None = None  # (sampler, probe) -> extra the builds need (its own calibration)
     note: str = ""
+    missing: Callable[[], str | None] | None = None  # why it cannot run here (None: it can); default: diffusers
 
 
 PEERS: dict[str, Peer] = {}
@@ -79,18 +80,103 @@ register_peer(Peer("TaylorSeer", "TaylorSeerCacheConfig",
                    tuple((i, b, t, o) for o in (1, 2) for t in (0, 2, 4) for b in (1, 2, 3) for i in (2, 3, 4, 5, 6)),
                    _taylorseer, note="lite mode; setting = (interval, first cached step, computed tail, order)"))
 register_peer(Peer("MagCache", "MagCacheConfig", (0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0),
-                   _magcache, needs_calibration=True, note="mag_ratios from its own calibrate run"))
+                   _magcache, calibrate=lambda s, p: {"mag_ratios": mag_ratios(s, p.prompts[0], p.seeds[0])}, note="mag_ratios from its own calibrate run"))
+def _seacache(T, setting, pipe, extra):
+    from .seacache_peer import SeaCachePeer
+
+    threshold, max_consecutive = setting
+    return SeaCachePeer(threshold, max_consecutive, T)
+
+
+def _teacache(T, setting, pipe, extra):
+    from .teacache import TeaCacheConfig
+
+    fit = extra.get("teacache")
+    if fit is None:
+        raise UserError("TeaCache needs fitted coefficients: run `ertacache teacache-fit --model NAME` first")
+    return TeaCacheConfig(threshold=setting, num_inference_steps=T, coefficients=tuple(fit["coefficients"]),
+                          block_lists=tuple(extra["block_lists"]))
+
+
+def _easycache(T, setting, pipe, extra):
+    from .easycache import EasyCacheConfig
+
+    threshold, warmup = setting
+    return EasyCacheConfig(threshold=threshold, warmup=warmup, num_inference_steps=T)
+
+
+def _cache_dit(taylorseer: bool):
+    def build(T, setting, pipe, extra):
+        from .cachedit_peer import CacheDitPeer
+
+        threshold, warmup = setting
+        return CacheDitPeer(threshold, warmup, T, taylorseer)
+
+    return build
+
+
+def _smoothcache(T, setting, pipe, extra):
+    from .smoothcache_peer import SmoothCachePeer
+
+    return SmoothCachePeer(setting, T, extra["block_lists"], extra.get("smoothcache_curves"))
+
+
+def _smoothcache_calibrate(sampler, probe) -> dict:
+    from .smoothcache_peer import error_curves
+
+    return {"smoothcache_curves": error_curves(sampler, probe.prompts[0], probe.seeds[0])}
+
+
+def _cache_dit_missing() -> str | None:
+    from .cachedit_peer import missing
+
+    return missing()
+
+
+def _smoothcache_missing() -> str | None:
+    from .smoothcache_peer import missing
+
+    return missing()
+
+
+_THRESHOLDS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0)
+register_peer(Peer("SeaCache", "SeaCacheConfig", tuple((t, m) for m in (2, 4) for t in _THRESHOLDS), _seacache,
+                   note="setting = (threshold, max consecutive cached); step index/sigma from the pipeline's "
+                        "cache_context, or (FluxPipeline passes none) from our per-branch step adapter"))
+register_peer(Peer("TeaCache", "TeaCacheConfig", (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+                                                  0.6, 0.8, 1.0, 1.5, 2.0, 3.0), _teacache,
+                   note="own hook; polynomial from `ertacache teacache-fit`", missing=lambda: None))
+register_peer(Peer("EasyCache", "EasyCacheConfig", tuple((t, w) for w in (1, 2) for t in _THRESHOLDS), _easycache,
+                   note="own hook; setting = (threshold, warm-up steps)", missing=lambda: None))
+register_peer(Peer("cache-dit DBCache", "DBCacheConfig", tuple((t, w) for w in (1, 2) for t in _THRESHOLDS),
+                   _cache_dit(False), note="F1B0; setting = (residual diff threshold, warm-up steps)",
+                   missing=_cache_dit_missing))
+register_peer(Peer("cache-dit DBCache+TaylorSeer", "DBCacheConfig", tuple((t, w) for w in (1, 2) for t in _THRESHOLDS),
+                   _cache_dit(True), note="F1B0, TaylorSeer order 1; setting = (residual diff threshold, warm-up)",
+                   missing=_cache_dit_missing))
+register_peer(Peer("SmoothCache", "SmoothCacheHelper", (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8), _smoothcache,
+                   calibrate=lambda s, p: _smoothcache_calibrate(s, p), missing=_smoothcache_missing,
+                   note="dit-smoothcache's helper on attention/FF sub-layers; schedule from our error-curve "
+                        "calibration (the wheel ships none): every call still runs its blocks"))
 register_peer(Peer("PyramidAttentionBroadcast", "PyramidAttentionBroadcastConfig", (2, 3), _pab,
                    note="reuses attention only: every call still runs the blocks"))
 register_peer(Peer("FasterCache", "FasterCacheConfig", (2, 3), _fastercache,
                    note="reuses attention only: every call still runs the blocks"))
 
 
-def available_peers() -> list[str]:
-    """Peers whose config class the installed diffusers has."""
+def why_missing(name: str) -> str | None:
+    """Why peer `name` cannot run in this environment (None when it can)."""
+    peer = PEERS[name]
+    if peer.missing is not None:
+        return peer.missing()
     import diffusers
 
-    return [name for name, p in PEERS.items() if hasattr(diffusers, p.config_class)]
+    return None if hasattr(diffusers, peer.config_class) else f"diffusers {diffusers.__version__} has no {peer.config_class}"
+
+
+def available_peers() -> list[str]:
+    """Peers that can run here (their diffusers config class or package is installed)."""
+    return [name for name in PEERS if why_missing(name) is None]
 
 
 @dataclass
@@ -131,12 +217,14 @@ def last_block(transformer, block_lists: tuple[str, ...]):
 
 @contextlib.contextmanager
 def enabled(pipe, config):
-    """A diffusers cache attached for the duration of the block, removed afterwards."""
-    pipe.transformer.enable_cache(config)
+    """A cache attached for the duration of the block, removed afterwards: a diffusers cache config, or one of ours
+    with `attach(pipe)` / `detach(pipe)` (our hooks, cache-dit, SmoothCache)."""
+    own = hasattr(config, "attach")
+    config.attach(pipe) if own else pipe.transformer.enable_cache(config)
     try:
         yield
     finally:
-        pipe.transformer.disable_cache()
+        config.detach(pipe) if own else pipe.transformer.disable_cache()
 
 
 def mag_ratios(sampler, prompt: str, seed: int) -> list[float]:

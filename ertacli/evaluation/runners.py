@@ -118,7 +118,7 @@ class PeerRunner:
         from .peers import NfeCounter, enabled, last_block
 
         s = self.sampler
-        config = self.peer.build(s.steps, self.setting, s.pipe, self.extra)
+        config = self.peer.build(s.steps, self.setting, s.pipe, {**self.extra, "block_lists": s.backbone.block_lists})
         self._cache = enabled(s.pipe, config)
         self._cache.__enter__()
         self.counter = NfeCounter(s.transformer, last_block(s.transformer, s.backbone.block_lists)).__enter__()

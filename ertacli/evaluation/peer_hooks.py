@@ -1,0 +1,96 @@
+"""Shared pieces of the peers we implement ourselves as diffusers-style hooks (TeaCache, EasyCache).
+
+Each such peer is a config dataclass with `attach(pipe)` / `detach(pipe)`, per-branch state in a diffusers
+`StateManager` (keyed by the pipeline's `cache_context` name, so CFG branches are separate streams) and
+`ModelHook`s registered through a `HookRegistry`; no class's `forward` is reassigned.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+DEFAULT_BRANCH = "default"
+
+
+def ensure_context(states) -> None:
+    """Calls made outside any `cache_context` share one stream named `default`."""
+    from diffusers.hooks.hooks import CacheContext
+
+    if states._context is None:
+        states.set_context(CacheContext(name=DEFAULT_BRANCH))
+
+
+def rel_l1(now, before) -> float:
+    """Relative L1 change: mean |now - before| / mean |before| (the statistic TeaCache and EasyCache use)."""
+    return float(((now.float() - before.float()).abs().mean() / (before.float().abs().mean() + 1e-12)).item())
+
+
+def block_meta(module):
+    """The diffusers block registry's argument/return layout of a transformer block."""
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    return TransformerBlockRegistry.get(type(module))
+
+
+def block_hidden(meta, args, kwargs):
+    """The image-stream hidden states a block was called with."""
+    return meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
+
+
+def block_output(meta, args, kwargs, hidden):
+    """A block's return value with `hidden` as its hidden states and the text stream passed through unchanged."""
+    if meta.return_encoder_hidden_states_index is None:
+        return hidden
+    enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+    ret = [None] * (max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1)
+    ret[meta.return_hidden_states_index] = hidden
+    ret[meta.return_encoder_hidden_states_index] = enc
+    return tuple(ret)
+
+
+def out_hidden(meta, out):
+    """The hidden states in a block's return value."""
+    return out[meta.return_hidden_states_index] if isinstance(out, tuple) else out
+
+
+def call_argument(module, name: str, args, kwargs):
+    """Argument `name` of a module's forward call, however it was passed (None when absent)."""
+    bound = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
+    return bound.get(name)
+
+
+def sample_of(out):
+    """The prediction in a transformer's return value (tuple or output dataclass)."""
+    return out[0] if isinstance(out, tuple) else out.sample
+
+
+def with_sample(out_like, v, return_dict: bool):
+    """`v` in the structure the pipeline expects: like a previous output, else a tuple / output dataclass."""
+    if out_like is None:
+        if not return_dict:
+            return (v,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=v)
+    return (v,) + tuple(out_like[1:]) if isinstance(out_like, tuple) else type(out_like)(sample=v)
+
+
+def transformer_blocks(transformer, block_lists: tuple[str, ...]) -> list:
+    """Every block of the backbone's registered block lists, in call order."""
+    return [b for name in block_lists for b in (getattr(transformer, name, None) or [])]
+
+
+def register(module, hook, name: str) -> None:
+    from diffusers.hooks import HookRegistry
+
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+
+def unregister(transformer, names: tuple[str, ...]) -> None:
+    """Remove the named hooks from the transformer and every module under it (a no-op when absent)."""
+    from diffusers.hooks import HookRegistry
+
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    for name in names:
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()

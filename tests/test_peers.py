@@ -1,0 +1,218 @@
+"""The peers we add (TeaCache, EasyCache, SeaCache, cache-dit, SmoothCache): off is exactly uncached, one property
+each paper states, TeaCache's fit, NFE counting. Tiny random pipelines, seconds each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import STEPS
+from ertacli.backbones.sampler import Sampler
+from ertacli.evaluation.peers import PEERS, NfeCounter, enabled, last_block, why_missing
+
+PROMPT, SEED = "a red circle", 0
+OFF = {"TeaCache": 0.0, "EasyCache": (0.0, 1), "SeaCache": (0.0, 2), "cache-dit DBCache": (0.0, 1),
+       "cache-dit DBCache+TaylorSeer": (0.0, 1), "SmoothCache": 0.0}
+
+
+def sampler_of(loaded_recipe) -> Sampler:
+    loaded, recipe = loaded_recipe
+    return Sampler.from_recipe(loaded, recipe)
+
+
+def run_peer(s: Sampler, name: str, setting, extra: dict | None = None, prompt: str = PROMPT, seed: int = SEED):
+    """(latents, NFE) of one sample with the peer attached at `setting`."""
+    peer = PEERS[name]
+    extra = {"block_lists": s.backbone.block_lists, "teacache": {"coefficients": [1.0, 0.0]}, **(extra or {})}
+    if peer.calibrate is not None and not any(k in extra for k in ("mag_ratios", "smoothcache_curves")):
+        extra.update(peer.calibrate(s, type("P", (), {"prompts": [prompt], "seeds": [seed]})()))
+    with enabled(s.pipe, peer.build(s.steps, setting, s.pipe, extra)):
+        with NfeCounter(s.transformer, last_block(s.transformer, s.backbone.block_lists)) as c:
+            out = s.run([prompt], [seed])
+    return out.latents, c.calls
+
+
+def needs(name: str) -> None:
+    reason = why_missing(name)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("model", ["tiny_flux", "tiny_wan"])
+@pytest.mark.parametrize("name", list(OFF))
+def test_off_setting_is_exactly_uncached(name, model, request):
+    needs(name)
+    s = sampler_of(request.getfixturevalue(model))
+    if name == "SmoothCache" and model == "tiny_wan":
+        with pytest.raises(ValueError, match="not per CFG branch"):
+            run_peer(s, name, OFF[name])
+        return
+    base = s.run([PROMPT], [SEED]).latents
+    latents, nfe = run_peer(s, name, OFF[name])
+    assert torch.equal(latents, base)
+    assert nfe == STEPS * (2 if model == "tiny_wan" else 1)
+
+
+def test_registry_names_every_new_peer_and_why_it_cannot_run():
+    for name in OFF:
+        assert name in PEERS
+        reason = why_missing(name)
+        assert reason is None or "pip install" in reason or "diffusers" in reason
+
+
+# ---- TeaCache ----------------------------------------------------------------------------------------------------
+
+def test_teacache_accumulator_resets_when_it_recomputes(tiny_flux):
+    from ertacli.evaluation.teacache import TeaCacheConfig
+
+    s, trace, record = sampler_of(tiny_flux), [], []
+    cfg = TeaCacheConfig(threshold=0.12, num_inference_steps=STEPS, block_lists=s.backbone.block_lists,
+                         coefficients=(1.0, 0.0), trace=trace, record=record)  # poly(x) = x
+    with enabled(s.pipe, cfg), NfeCounter(s.transformer, last_block(s.transformer, s.backbone.block_lists)) as c:
+        s.run([PROMPT], [SEED])
+    x_rel = {step: x for _, step, x, _ in record}
+    computed = [t[2] for t in trace]
+    assert c.calls == sum(computed) and 1 < c.calls < STEPS  # NFE: the computed calls, nothing else
+    acc = 0.0
+    assert trace[0][2] and trace[-1][2]  # the first and the last step are always computed
+    for _, k, was_computed, seen in trace[1:-1]:
+        acc += x_rel[k]  # the accumulator only ever adds the rescaled distance ...
+        assert seen == pytest.approx(acc, rel=1e-12, abs=1e-15)
+        if was_computed:
+            assert seen >= 0.12
+            acc = 0.0  # ... and restarts from 0 after a computed call
+        else:
+            assert seen < 0.12
+
+
+def test_teacache_fit_returns_a_known_polynomial():
+    from ertacli.evaluation.teacache_fit import fit_polynomial
+
+    true = [3.0, -2.0, 0.5, 1.5, 0.01]
+    x = [0.01 * i for i in range(1, 30)]
+    y = [sum(c * xi ** (4 - j) for j, c in enumerate(true)) for xi in x]
+    fit = fit_polynomial(x, y)
+    assert fit["degree"] == 4 and fit["points"] == 29
+    assert fit["coefficients"] == pytest.approx(true, rel=1e-6, abs=1e-8)
+    assert fit["r2"] == pytest.approx(1.0) and fit["rms_residual"] < 1e-10
+
+
+def test_teacache_fit_is_bit_reproducible(tiny_wan):
+    from ertacli.calibration.samples import Samples
+    from ertacli.evaluation.teacache_fit import fit_teacache
+
+    s, samples = sampler_of(tiny_wan), Samples(["a red circle", "two blue squares"], [0, 1])
+    first, records = fit_teacache(s, samples)
+    again, _ = fit_teacache(s, samples)
+    assert first == again
+    assert {r[0] for r in records} == {"cond", "uncond"} and len(records) == 2 * 2 * (STEPS - 1)
+
+
+# ---- EasyCache ---------------------------------------------------------------------------------------------------
+
+def test_easycache_skipped_call_reuses_the_last_transformation(tiny_flux):
+    """A skipped call returns its input plus Δ = v - x of the last computed call; its accumulator stays below τ."""
+    from ertacli.evaluation.easycache import EasyCacheConfig
+
+    s, trace, calls = sampler_of(tiny_flux), [], []
+
+    def grab(module, args, kwargs, out):
+        calls.append((kwargs["hidden_states"].clone(), out[0].clone()))
+
+    cfg = EasyCacheConfig(threshold=0.3, warmup=1, num_inference_steps=STEPS, trace=trace)
+    with enabled(s.pipe, cfg):
+        handle = s.transformer.register_forward_hook(grab, with_kwargs=True)
+        try:
+            s.run([PROMPT], [SEED])
+        finally:
+            handle.remove()
+    assert not all(t[2] for t in trace)
+    delta = None
+    for (x, v), (_, k, computed, acc, _) in zip(calls, trace):
+        if computed:
+            delta = v - x
+        else:
+            assert acc < 0.3 and torch.equal(v, x + delta)
+
+
+def test_easycache_nfe_counts_computed_calls(tiny_wan):
+    from ertacli.evaluation.easycache import EasyCacheConfig
+
+    s, trace = sampler_of(tiny_wan), []
+    cfg = EasyCacheConfig(threshold=0.3, warmup=2, num_inference_steps=STEPS, trace=trace)
+    with enabled(s.pipe, cfg), NfeCounter(s.transformer, last_block(s.transformer, s.backbone.block_lists)) as c:
+        s.run([PROMPT], [SEED])
+    assert c.calls == sum(t[2] for t in trace) < 2 * STEPS
+    assert all(t[2] for t in trace if t[1] < 2 or t[1] == STEPS - 1)  # warm-up and last step always computed
+
+
+# ---- SeaCache ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["tiny_flux", "tiny_wan"])
+def test_seacache_caps_consecutive_cached_calls(model, request):
+    """max_consecutive_cached: never more cached calls in a row per stream (the Flux adapter makes it gate at all)."""
+    from conftest import _load
+
+    s = sampler_of(_load(request.getfixturevalue(model)[1].name))  # its own pipeline: cache-dit leaves traces on one
+    tail, flags = last_block(s.transformer, s.backbone.block_lists), []
+    handles = [s.transformer.register_forward_pre_hook(lambda *a: flags.append(False)),
+               next(iter(tail.children())).register_forward_hook(lambda *a: flags.__setitem__(-1, True))]
+    steps, streams = 12, 2 if model == "tiny_wan" else 1
+    s.call_kwargs = {**s.call_kwargs, "num_inference_steps": steps}
+    try:
+        with enabled(s.pipe, PEERS["SeaCache"].build(steps, (1e9, 2), s.pipe, {})):
+            s.run([PROMPT], [SEED])
+    finally:
+        for h in handles:
+            h.remove()
+    for b in range(streams):
+        ran = flags[b::streams]
+        assert ran[0] and ran[-1]  # retention step and end step computed
+        runs = "".join("c" if r else "." for r in ran).split("c")
+        assert max(len(r) for r in runs) == 2  # an unbounded threshold caches exactly the cap in a row
+
+
+# ---- cache-dit ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["cache-dit DBCache", "cache-dit DBCache+TaylorSeer"])
+def test_cache_dit_runs_first_block_every_call(tiny_flux, name):
+    """DBCache F1B0: the first block (its Fn compute block) runs on every call, the last only on computed ones."""
+    needs(name)
+    s = sampler_of(tiny_flux)
+    first = s.transformer.transformer_blocks[0]
+    n_first = []
+    handle = next(iter(first.children())).register_forward_hook(lambda *a: n_first.append(1))
+    try:
+        _, nfe = run_peer(s, name, (5.0, 1))
+    finally:
+        handle.remove()
+    assert len(n_first) == STEPS and nfe < STEPS
+
+
+def test_cache_dit_taylorseer_is_not_plain_reuse(tiny_flux):
+    needs("cache-dit DBCache")
+    s = sampler_of(tiny_flux)
+    s.call_kwargs = {**s.call_kwargs, "num_inference_steps": 20}  # enough computed steps for its derivatives
+    plain, n1 = run_peer(s, "cache-dit DBCache", (0.3, 1))
+    taylor, n2 = run_peer(s, "cache-dit DBCache+TaylorSeer", (0.3, 1))
+    assert n1 == n2 and not torch.equal(plain, taylor)
+
+
+# ---- SmoothCache -------------------------------------------------------------------------------------------------
+
+def test_smoothcache_schedule_thresholds_accumulated_error():
+    from ertacli.evaluation.smoothcache_peer import schedule
+
+    got = schedule({"attn": [0.1, 0.1, 0.1, 0.5, 0.1]}, alpha=0.25, steps=6)
+    assert got == {"attn": [1, 0, 0, 1, 1, 1]}  # 0.1, 0.2 < 0.25 cached; 0.3 computes; 0.5; last step computed
+    assert schedule({"attn": [0.1] * 5}, alpha=0.0, steps=6) == {"attn": [1] * 6}
+
+
+def test_smoothcache_cached_steps_reuse_layer_outputs(tiny_flux):
+    needs("SmoothCache")
+    s = sampler_of(tiny_flux)
+    base = s.run([PROMPT], [SEED]).latents
+    latents, nfe = run_peer(s, "SmoothCache", 0.5)
+    assert nfe == STEPS and not torch.equal(latents, base)  # sub-layers cached, every call runs its blocks
+    again, _ = run_peer(s, "SmoothCache", 0.5)
+    assert torch.equal(latents, again)  # the helper's step counters restart with each pipeline call
