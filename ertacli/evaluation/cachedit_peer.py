@@ -38,9 +38,8 @@ def quiet_logs() -> None:
         handler.setLevel(logging.ERROR)
 
 
-PATCHED = ("forward", "_is_patched", "_diffusers_hook")
-"""Instance attributes cache-dit 1.5.3 sets on a transformer (its patched forward, its hook registry) and
-`disable_cache` leaves behind; a later SeaCache then keeps no residual history. Restored on detach."""
+ISOLATION = """cache-dit runs on a copy of the transformer: after its disable_cache a later SeaCache on the same
+transformer keeps no residual history (cache-dit 1.5.3), so the pipeline's own transformer is never handed to it"""
 
 
 @dataclass
@@ -64,21 +63,22 @@ class CacheDitPeer:
         return {"cache_config": cache, "calibrator_config": calibrator}
 
     def attach(self, pipe) -> None:
+        """cache_dit.enable_cache on a copy of the transformer swapped into the pipeline (see ISOLATION)."""
+        import copy
+
         import cache_dit
 
-        self.saved = {k: vars(pipe.transformer)[k] for k in PATCHED if k in vars(pipe.transformer)}
+        self.original = pipe.transformer
+        pipe.transformer = copy.deepcopy(self.original)
         quiet_logs()
         with contextlib.redirect_stdout(io.StringIO()):
             cache_dit.enable_cache(pipe, **self.configs())
         quiet_logs()
 
     def detach(self, pipe) -> None:
+        """cache_dit.disable_cache, then the pipeline's own, untouched transformer back in place."""
         import cache_dit
 
         with contextlib.redirect_stdout(io.StringIO()):
             cache_dit.disable_cache(pipe)
-        for k in PATCHED:  # disable_cache leaves its patched forward on the transformer; the next peer gets it back
-            if k in self.saved:
-                setattr(pipe.transformer, k, self.saved[k])
-            else:
-                vars(pipe.transformer).pop(k, None)
+        pipe.transformer = self.original

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import weakref
+
+GRIDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+"""Per pipeline: each peer's scored grid on a probe set, so several NFE targets pick from one tuning run."""
+
 
 def probe_refs(sampler, probe, residual: str) -> list:
     """Uncached outputs of the probe samples: what a peer's settings are scored against while tuning."""
@@ -29,15 +34,21 @@ def tune_peer(sampler, name: str, target_nfe: int, probe, refs: list, extra: dic
     from .scoring import mean_psnr
 
     peer = PEERS[name]
-    extra = dict(extra or {})
-    if peer.calibrate is not None:
-        extra.update(peer.calibrate(sampler, probe))
-    tried = []
-    for setting in peer.grid:
-        with PeerRunner(sampler, name, setting, extra) as m:
-            outs = [m.run(p, s) for p, s in zip(probe.prompts, probe.seeds)]
-        tried.append({"setting": setting, "nfe": sum(o[1] for o in outs) / len(outs),
-                      "psnr": mean_psnr([o[0].media[0] for o in outs], refs)})
+    key = (name, probe.digest(), repr(sorted((extra or {}).items())), sampler.steps,
+           repr(sorted((k, v) for k, v in sampler.call_kwargs.items() if isinstance(v, (int, float, str)))))
+    memo = GRIDS.setdefault(sampler.pipe, {})
+    if key not in memo:
+        extra = dict(extra or {})
+        if peer.calibrate is not None:
+            extra.update(peer.calibrate(sampler, probe))
+        tried = []
+        for setting in peer.grid:
+            with PeerRunner(sampler, name, setting, extra) as m:
+                outs = [m.run(p, s) for p, s in zip(probe.prompts, probe.seeds)]
+            tried.append({"setting": setting, "nfe": sum(o[1] for o in outs) / len(outs),
+                          "psnr": mean_psnr([o[0].media[0] for o in outs], refs)})
+        memo[key] = (extra, tried)
+    extra, tried = memo[key]
     chosen = pick(tried, target_nfe)
     n_matched = sum(target_nfe - 1 <= t["nfe"] <= target_nfe for t in tried)
     return {"setting": chosen["setting"], "probe_nfe": chosen["nfe"], "probe_psnr": chosen["psnr"], "extra": extra,
