@@ -80,10 +80,14 @@ def test_recipes_listed_and_valid(results, monkeypatch, capsys):
         assert name in out
     for name in REAL:
         code, out, err = cli(monkeypatch, capsys, "validate", name)
-        assert code == 0 and out.startswith("ok"), err
+        assert code == 0 and out.startswith("done: ok "), err
         r = resolve_recipe(name)
         assert r.model.source == "pretrained" and r.model.path and r.model.dtype in ("bfloat16", "float16")
-        assert len(r.read_prompts("calibration")) >= 20 and len(r.read_prompts("eval")) >= 100
+        # 20 calibration prompts, fewer only where micro-batching is already at one sample per call (the cache
+        # state of every calibration sample stays on the GPU: wan2.1-14b, hunyuanvideo at 80 GB)
+        n_cal = len(r.read_prompts("calibration"))
+        assert (n_cal >= 20 or (n_cal >= 3 and r.calibration.micro_batch == 1)) and len(r.read_prompts("eval")) >= 100
+        assert r.calibration.micro_batch >= 1
 
 
 def test_wan_keeps_unipc_and_tiny_ignores_path():

@@ -300,7 +300,7 @@ BAD_INPUT = {
     "size": ["generate", "-m", "tiny-flux-random", "--set", "sampling.width=1000000"],
     "seed-negative": ["generate", "-m", "tiny-flux-random", "--seed", "-1"],
     "seed-huge": ["generate", "-m", "tiny-flux-random", "--seed", str(2 ** 64)],
-    "estimate-gpus-0": ["estimate", "--prompts", "3", "--baseline-seconds", "1", "--cached-seconds", "1", "--gpus", "0"],
+    "estimate-gpus-0": ["estimate", "--n-prompts", "3", "--baseline-seconds", "1", "--cached-seconds", "1", "--gpus", "0"],
     "demo-samples-0": ["demo", "-m", "tiny-flux-random", "--samples", "0"],
     "resume-not-a-run": ["generate", "--resume", "results"],
 }

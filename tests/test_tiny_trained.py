@@ -171,10 +171,12 @@ def test_trained_models_draw_the_prompted_digit(name, prompts, seeds):
     assert sum(r["digit-acc"] for r in rows) / len(rows) >= 0.9
 
 
-@pytest.mark.parametrize("name,prompts,shape", [("tiny-flux", "tiny-digits.txt", (20, 182)),
-                                                ("tiny-wan", "tiny-video-digits.txt", (182, 164))])
+# grid.png: 16x16 samples scaled to 128 px, five per row, two caption lines above each (6 px padding): 2 rows;
+# clips: 9 frames scaled to 64 px, one caption line above each of the 10 rows
+@pytest.mark.parametrize("name,prompts,shape", [("tiny-flux", "tiny-digits.txt", (2 * (32 + 128 + 6) + 6, 6 + 5 * 134)),
+                                                ("tiny-wan", "tiny-video-digits.txt", (10 * (18 + 64 + 6) + 6, 6 + 9 * 70))])
 def test_digit_grid_png(results, monkeypatch, capsys, name, prompts, shape):
-    """generate on the ten-digit prompt file writes grid.png: one row of ten digits, or one row of frames per clip."""
+    """generate on the ten-digit prompt file writes grid.png: captioned digits, or one captioned row of frames per clip."""
     from PIL import Image
 
 
