@@ -43,28 +43,27 @@ def deprecated(command: str, old: str) -> None:
     say(f"warning: `{command} {old}` is deprecated; use {DEPRECATED[command][old]}", "yellow", stderr=True)
 
 
-def lambdas(values: Optional[List[str]]) -> list[float]:
-    """--lambda is repeatable and takes comma lists: --lambda 0.05 --lambda 0.1,0.2."""
+def numbers(values: Optional[List[str]], name: str, cast=float, example: str = "0.05,0.1") -> list:
+    """A repeatable option that also takes comma lists (--lambda 0.05 --lambda 0.1,0.2; --nfe 10,8)."""
     out = []
     for v in values or []:
         for part in str(v).split(","):
             try:
-                out.append(float(part))
+                out.append(cast(part))
             except ValueError:
-                raise UserError(f"--lambda: {part!r} is not a number (use --lambda 0.08 or --lambda 0.05,0.1)")
+                kind = "a number" if cast is float else "an integer"
+                raise UserError(f"{name}: {part!r} is not {kind} (e.g. {name} {example})")
     return out
+
+
+def lambdas(values: Optional[List[str]]) -> list[float]:
+    """--lambda values as floats."""
+    return numbers(values, "--lambda")
 
 
 def integers(values: Optional[List[str]], name: str) -> list[int]:
-    """A repeatable option of integers that also takes comma lists (--nfe 10,8 --nfe 6)."""
-    out = []
-    for v in values or []:
-        for part in str(v).split(","):
-            try:
-                out.append(int(part))
-            except ValueError:
-                raise UserError(f"{name}: {part!r} is not an integer (e.g. {name} 10,8)")
-    return out
+    """A repeatable integer option with comma lists."""
+    return numbers(values, name, int, "10,8")
 
 
 def predictor_overrides(value: Optional[str], order: Optional[int]) -> list[str]:

@@ -165,7 +165,7 @@ class StepHook(ModelHook):
         return module
 
 
-def _block_output(meta, args, kwargs, hidden: torch.Tensor):
+def block_output(meta, args, kwargs, hidden: torch.Tensor):
     """A block's return value with `hidden` as its hidden states and the text stream passed through."""
     if meta.return_encoder_hidden_states_index is None:
         return hidden
@@ -208,7 +208,7 @@ class StackHeadHook(_BlockHook):
         st = self._state()
         st.h_in = self._hidden(args, kwargs)
         if st.skip:
-            return _block_output(self.meta, args, kwargs, st.h_in + st.inject)
+            return block_output(self.meta, args, kwargs, st.h_in + st.inject)
         return own_forward(self, module)(*args, **kwargs)
 
 
@@ -222,7 +222,7 @@ class StackBlockHook(_BlockHook):
     def new_forward(self, module, *args, **kwargs):
         st = self._state()
         if st.skip:
-            return _block_output(self.meta, args, kwargs, self._hidden(args, kwargs))
+            return block_output(self.meta, args, kwargs, self._hidden(args, kwargs))
         out = own_forward(self, module)(*args, **kwargs)
         if self.is_tail:
             h_out = out[self.meta.return_hidden_states_index] if isinstance(out, tuple) else out

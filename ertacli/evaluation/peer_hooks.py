@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 
+from ..engine.hooks import block_output  # noqa: F401  (re-exported for the peer hooks)
+
 DEFAULT_BRANCH = "default"
 
 
@@ -35,17 +37,6 @@ def block_meta(module):
 def block_hidden(meta, args, kwargs):
     """The image-stream hidden states a block was called with."""
     return meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
-
-
-def block_output(meta, args, kwargs, hidden):
-    """A block's return value with `hidden` as its hidden states and the text stream passed through unchanged."""
-    if meta.return_encoder_hidden_states_index is None:
-        return hidden
-    enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
-    ret = [None] * (max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1)
-    ret[meta.return_hidden_states_index] = hidden
-    ret[meta.return_encoder_hidden_states_index] = enc
-    return tuple(ret)
 
 
 def out_hidden(meta, out):
