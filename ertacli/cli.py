@@ -19,7 +19,17 @@ err_console = Console(stderr=True)
 
 ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (see `ertacache recipes`) or path to a recipe file.")
 MethodOpt = typer.Option(None, "--method", help="Method preset over the recipe: ertacache (the paper), ertacache-x1, "
-                         "ertacache-x2, ertacache-x2p (see `ertacache recipes --methods`).")
+                         "ertacache-x2, ertacache-x2p, auto (see `ertacache recipes --methods`).")
+AutoTrialsOpt = typer.Option(None, "--auto-trials", help="--method auto: candidates scored at most (default: recipe).")
+
+
+def _auto_sets(trials: Optional[int]) -> list[str]:
+    """--auto-trials N as a recipe override (N >= 1)."""
+    if trials is None:
+        return []
+    if trials < 1:
+        raise UserError(f"--auto-trials must be >= 1, got {trials}")
+    return [f"search.auto_trials={trials}"]
 SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampling.steps=30 (repeatable).")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available, else CPU).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
@@ -126,16 +136,17 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Optio
                target_speedup: Optional[float] = typer.Option(None, "--target-speedup", help="Target: smallest lambda predicting >= X."),
                predictor: Optional[str] = typer.Option(None, "--predictor", help="reuse | extrapolate (default: recipe)."),
                order: Optional[int] = typer.Option(None, "--order", help="Extrapolation order 1 | 2 (default: recipe)."),
-               method: Optional[str] = MethodOpt,
+               nfe: Optional[int] = typer.Option(None, "--nfe", help="Target: transformer calls per sample (sets --cached-steps)."),
+               method: Optional[str] = MethodOpt, auto_trials: Optional[int] = AutoTrialsOpt,
                sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
-    """Threshold policy search: one plan per lambda and a summary table."""
+    """Threshold policy search: one plan per lambda and a summary table (--method auto: the configuration search)."""
     from .commands.search import run_search
 
     sets = list(sets or []) + ([f"cache.predictor={predictor}"] if predictor else []) \
-        + ([f"cache.order={order}"] if order else [])
+        + ([f"cache.order={order}"] if order else []) + _auto_sets(auto_trials)
     job = _job(model, sets, device, quiet, method=method)
     lams = _lambdas(lambdas) or list(job.recipe.search.lambdas)
-    path, df = run_search(job, lams, profile, cached_steps, target_speedup)
+    path, df = run_search(job, lams, profile, cached_steps, target_speedup, nfe)
     _show(df.drop(columns=["cached"]), "search: one plan per lambda", path)
 
 
@@ -163,9 +174,12 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
     if final.placement:
         pl = final.placement
         console.print(f"placement: calibration L1 {pl['before']:.6g} -> {pl['after']:.6g} in {pl['trials']} trials")
-    ph = final.fit["phi_summary"]
-    console.print(f"phi over {ph['cached']} cached steps: {ph['zero']} at 0, {ph['partial']} in (0,1), "
-                  f"{ph['one']} at 1; min/median/max {ph['min']}/{ph['median']}/{ph['max']}")
+    for c in final.fit["candidates"]:  # every adjusting candidate's phi, chosen or not
+        ph = c.get("phi_summary")
+        if ph:
+            console.print(f"phi (adjust, rectify={c['rectify']}, gain={c.get('gain', False)}) over {ph['cached']} "
+                          f"cached steps: {ph['zero']} at 0, {ph['partial']} in (0,1), {ph['one']} at 1; "
+                          f"min/median/max {ph['min']}/{ph['median']}/{ph['max']}")
     _show(rows, "fit: candidates on held-out prompts (lower MSE wins)", path)
 
 
@@ -229,13 +243,13 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = typer.Option
               target_speedup: Optional[float] = typer.Option(None, "--target-speedup", help="Pick the lambda reaching X on calibration."),
               min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Pick the fastest lambda with PSNR >= Y on calibration."),
               samples: Optional[int] = typer.Option(None, "--samples", help="Evaluate on the first N eval prompts x seeds."),
-              method: Optional[str] = MethodOpt,
+              method: Optional[str] = MethodOpt, auto_trials: Optional[int] = AutoTrialsOpt,
               sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Lambda grid, or every method and peer at matched NFEs, through search -> fit -> generate -> eval: table, plots."""
     from .commands.sweep import run_sweep
     from .presets import method_overrides
 
-    job = _job(model, sets, device, quiet, method=method)
+    job = _job(model, list(sets or []) + _auto_sets(auto_trials), device, quiet, method=method)
     names = [m.strip() for m in methods.split(",")] if methods else None
     for name in names or []:
         method_overrides(name)

@@ -84,6 +84,11 @@ def preset_plan(job: Job, name: str, cached: int, profile_dir: Path) -> tuple[Jo
 
     jv = job.variant(method_overrides(name))
     search_dir, df = run_search(jv, [], str(profile_dir), cached_steps=cached)
+    if jv.recipe.search.auto:  # auto's plan is already fitted (its corrections are candidates of the search)
+        from ..plan import load_plan
+
+        plan_dir = find_plan_dir(search_dir / df["plan"].iloc[0])
+        return jv, plan_dir, load_plan(plan_dir)
     fit_dir, plan = run_fit(jv, str(search_dir / df["plan"].iloc[0]))
     return jv, find_plan_dir(fit_dir), plan
 
@@ -99,6 +104,8 @@ def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, prof
         jv, plan_dir, plan = preset_plan(job, name, cached, profile_dir)
         row = {**plan_row(jv, samples, base_dir, plan_dir, name),
                **calibration_quality(jv, plan_dir, profile_dir, timed_too=False)}
+        if plan.auto:
+            row["setting"] = plan.auto["winner"]["label"]
         ours.append({**row, "target_nfe": nfe, "best_calibrated": False})
         plans.append(plan)
     best = max(ours, key=lambda r: r["calib_psnr"])
