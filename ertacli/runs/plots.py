@@ -81,7 +81,7 @@ def plot_error_profile(profile: dict, plans: list, path: Path, title: str) -> Pa
         for i, plan in enumerate(plans):
             cached = plan.cached_steps.get(b, [])
             ax.plot(cached, [top * (1.08 + 0.07 * i)] * len(cached), "v", markersize=5,
-                    label=f"cached at λ={plan.lam:g} ({len(cached)} steps)")
+                    label=f"cached {plan_label(plan)} ({len(cached)} steps)")
         ax.set_title(f"branch {b}", fontsize=9)
         ax.set_xlabel("sampling step k (0 = pure noise)")
         ax.set_ylabel("||R_k - R_{k-1}|| / ||R_k||")
@@ -92,3 +92,10 @@ def plot_error_profile(profile: dict, plans: list, path: Path, title: str) -> Pa
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plan_label(plan) -> str:
+    """How the error-profile legend names a plan: its lambda, or what auto chose."""
+    if plan.lam is not None:
+        return f"at λ={plan.lam:g}"
+    return f"by auto: {plan.auto['winner']['label']}" if getattr(plan, "auto", None) else f"({plan.method})"
