@@ -63,7 +63,12 @@ def auto_env(tiny_flux):
     return sampler, samples, profile, ident
 
 
-def run_auto(env, ref=None, trials=16):
+@pytest.fixture(scope="module")
+def auto_run(auto_env):
+    return run_auto(auto_env, trials=12)
+
+
+def run_auto(env, ref=None, trials=12):
     from ertacli.calibration.auto import AutoSettings, auto_search
 
     sampler, samples, profile, ident = env
@@ -82,9 +87,9 @@ def test_velocity_profile_is_derived_from_a_hidden_one(auto_env):
             assert got["stats"][b][key] == pytest.approx(rec["stats"][b][key], rel=1e-4)
 
 
-def test_auto_beats_or_ties_its_plain_lambda_candidate_and_respects_budget(auto_env):
-    plan, rows = run_auto(auto_env, trials=16)
-    assert 0 < len(rows) <= 16
+def test_auto_beats_or_ties_its_plain_lambda_candidate_and_respects_budget(auto_env, auto_run):
+    plan, rows = auto_run
+    assert 0 < len(rows) <= 12
     lam = next(r for r in rows if r["placement"].startswith("lambda") and r["predictor"] == "x1"
                and r["space"] == "hidden")
     assert plan.auto["holdout_mse"] <= lam["holdout_mse"]
@@ -97,7 +102,7 @@ def test_auto_beats_or_ties_its_plain_lambda_candidate_and_respects_budget(auto_
         run_auto(auto_env, trials=0)
 
 
-def test_every_choice_is_made_on_the_fit_part(auto_env):
+def test_every_choice_is_made_on_the_fit_part(auto_env, auto_run):
     """Changing the held-out references changes scores only: the fitted parts of each candidate stay."""
     from ertacli.calibration.samples import split_holdout
 
@@ -105,8 +110,8 @@ def test_every_choice_is_made_on_the_fit_part(auto_env):
     _, hold = split_holdout(samples, samples.unique_prompts(), 0.25)
     ref = profile.latents.clone()
     ref[hold] = ref[hold] + 0.05 * ref[hold].std()
-    _, a = run_auto(auto_env, trials=14)
-    _, b = run_auto(auto_env, ref=ref, trials=14)
+    _, a = auto_run
+    _, b = run_auto(auto_env, ref=ref, trials=12)
     key = lambda r: (r["stage"], r["space"], r["predictor"], r["placement"], r["gain"], r["adjust"], r["rectify"])
     fitted = lambda r: (r["cached"], json.dumps(r["plan"].rectify, sort_keys=True),
                         json.dumps(r["plan"].predictor, sort_keys=True), r["plan"].adjusted_sigmas)
@@ -157,3 +162,22 @@ def test_fit_reports_phi_for_every_adjusting_candidate(results, monkeypatch, cap
     adjusting = [c for c in data["candidates"] if c["adjust"]]
     assert adjusting and all(c["phi_summary"] is not None and c["phi"] for c in adjusting)
     assert all(c["phi_summary"] is None for c in data["candidates"] if not c["adjust"])
+
+
+def test_calibrate_method_auto_gives_an_ordinary_plan(tiny_flux, tmp_path):
+    """ertacli.calibrate(method="auto") in memory; the plan runs through enable_cache with its own NFE."""
+    import torch
+
+    import ertacli
+
+    loaded, recipe = tiny_flux
+    encode = lambda prompts: loaded.encoder.pipeline_kwargs(list(prompts), "")
+    kwargs = dict(num_inference_steps=6, height=32, width=32, guidance_scale=3.5)
+    plan = ertacli.calibrate(loaded.pipe, PROMPTS, seeds=[0], nfe=4, method="auto", prompt_encoder=encode,
+                             auto_trials=4, save_to=str(tmp_path / "plan"), **kwargs)
+    assert plan.method == "auto" and plan.nfe <= 4 and plan.auto["trials"] <= 4
+    assert (tmp_path / "plan" / "auto.csv").is_file() and ertacli.load_plan(tmp_path / "plan").auto == plan.auto
+    with ertacli.cached(loaded.pipe, plan):
+        loaded.pipe(generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **encode(["a dot"]),
+                    **kwargs)
+        assert ertacli.last_call_stats(loaded.pipe)["nfe"] == plan.nfe
