@@ -6,9 +6,9 @@ uses the fit part only; every candidate is scored by the mean squared error of i
 held-out part against the uncached references there (`latent_mse`). Stages, each a share of the budget of
 scored candidates (`trials`):
 
-1. families: the lambda threshold placement (search_target on the fit part) for hidden-space reuse,
-   first- and second-order extrapolation and velocity-space extrapolation, and the even schedule for every
-   (space, predictor) pair;
+1. families: the lambda threshold placement (search_target on the fit part) for hidden-space first- and
+   second-order extrapolation and velocity-space second-order extrapolation (`lambda_families`), and the
+   even schedule for every (space, predictor) pair;
 2. schedules: every window / interval schedule of `schedules.py` for the two best (space, predictor) pairs;
 3. corrections: the validated corrections (fit_plan's candidates) of the best plain candidates;
 4. refinement: greedy ±1 moves (optimize_placement, on the fit part) of the best placement.
@@ -30,7 +30,8 @@ from .samples import Samples, split_holdout
 from .schedules import branch_counts, describe, feasible_schedules, schedule_grid
 
 PREDICTORS = {"reuse": ("reuse", 1), "x1": ("extrapolate", 1), "x2": ("extrapolate", 2)}
-LAMBDA_FAMILIES = (("hidden", "x1"), ("hidden", "x2"), ("hidden", "reuse"), ("velocity", "x2"), ("velocity", "x1"))
+# threshold searches cost a dozen fit-part passes each: the presets' two extrapolating ones and velocity x2
+LAMBDA_FAMILIES = (("hidden", "x1"), ("hidden", "x2"), ("velocity", "x2"))
 REFINE_SCORES = 2
 
 
@@ -43,7 +44,7 @@ class AutoSettings:
     predictors: tuple[str, ...] = ("x2", "x1", "reuse")
     lambda_families: tuple[tuple[str, str], ...] = LAMBDA_FAMILIES
     correct_top: int = 2
-    refine_trials: int = 12  # fit-part placement moves of stage 4 (runs on the fit part, not scored trials)
+    refine_trials: int = 8  # fit-part placement moves of stage 4 (runs on the fit part, not scored trials)
     holdout: float = 0.25
     fit: FitSettings = field(default_factory=FitSettings)
 
