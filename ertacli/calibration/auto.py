@@ -28,6 +28,7 @@ from ..progress import task
 from .fit import FitSettings, candidates, latent_mse, resolve_modes, score_candidates
 from .samples import Samples, split_holdout
 from .schedules import branch_counts, describe, feasible_schedules, schedule_grid
+from .search import Target, cached_for, search_target
 
 PREDICTORS = {"reuse": ("reuse", 1), "x1": ("extrapolate", 1), "x2": ("extrapolate", 2)}
 # threshold searches cost a dozen fit-part passes each: the presets' two extrapolating ones and velocity x2
@@ -159,8 +160,6 @@ class Context:
 
 def lambda_candidate(ctx: Context, space: str, pred: str) -> dict | None:
     """Stage 1: the threshold policy searched on the fit part to the target count, scored on held-out."""
-    from .search import Target, search_target
-
     if ctx.trials.left <= 0:
         return None
     try:
@@ -292,8 +291,6 @@ def auto_search(sampler, samples: Samples, ref, target_cached: int, identity: di
     fit_set, hold_set = samples.subset(fit_idx), samples.subset(hold_idx)
     fit_profile = record_profile(sampler, fit_set, "hidden")
     branches = list(fit_profile.data["branches"])
-    from .search import cached_for
-
     cached_for(branches, sampler.steps, len(branches) * sampler.steps - target_cached, identity["recipe"])
     with task(f"auto: {settings.trials} candidates", settings.trials, quiet) as advance:
         ctx = Context(sampler, fit_set, fit_profile, identity, int(target_cached), settings,
