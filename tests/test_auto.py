@@ -181,3 +181,22 @@ def test_calibrate_method_auto_gives_an_ordinary_plan(tiny_flux, tmp_path):
         loaded.pipe(generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **encode(["a dot"]),
                     **kwargs)
         assert ertacli.last_call_stats(loaded.pipe)["nfe"] == plan.nfe
+
+
+def test_fit_placement_moves_use_the_fit_part_only(auto_env):
+    """fit_plan's --optimize-placement: the held-out references never change the moves it makes."""
+    from ertacli.calibration.fit import FitSettings, fit_plan
+    from ertacli.calibration.samples import split_holdout
+    from ertacli.calibration.search import search_plan
+    from ertacli.recipe import CacheCfg
+
+    sampler, samples, profile, ident = auto_env
+    plan = search_plan(sampler, samples, profile.data, 0.5, CacheCfg(predictor="extrapolate"), ident)
+    settings = FitSettings(adjust="off", rectify="off", gain="off", optimize_placement=True, placement_trials=4)
+    _, hold = split_holdout(samples, samples.unique_prompts(), 0.25)
+    ref = profile.latents.clone()
+    ref[hold] = 0.0
+    a, _ = fit_plan(sampler, plan, profile.data, samples, profile.latents, settings, 0.25)
+    b, _ = fit_plan(sampler, plan, profile.data, samples, ref, settings, 0.25)
+    assert a.cached_steps == b.cached_steps and a.placement == b.placement
+    assert a.fit["candidates"][0]["holdout_mse"] != b.fit["candidates"][0]["holdout_mse"]
