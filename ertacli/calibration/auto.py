@@ -266,14 +266,12 @@ def stage_refine(ctx: Context) -> None:
         correct(ctx, refined, [mode])
 
 
-def split_budget(n: int, n_families: int, n_modes: int, top: int) -> tuple[int, int, int]:
-    """(families, schedules, corrections) caps; the refinement takes what is left (at most REFINE_SCORES)."""
-    fam = min(n_families, n)
-    rest = n - fam
-    refine = min(REFINE_SCORES, rest)
-    sched = (rest - refine) // 2
-    corr = min(top * n_modes, rest - refine - sched)
-    return fam, rest - refine - corr, corr
+def split_budget(left: int, n_modes: int, top: int) -> tuple[int, int]:
+    """(schedules, corrections) caps of what stage 1 left: the refinement keeps REFINE_SCORES, corrections get
+    up to half of the rest (at most `top` candidates' modes), the schedules everything else."""
+    refine = min(REFINE_SCORES, left)
+    corr = min(top * n_modes, (left - refine) - (left - refine) // 2)
+    return left - refine - corr, corr
 
 
 def auto_search(sampler, samples: Samples, ref, target_cached: int, identity: dict, settings: AutoSettings,
@@ -296,10 +294,10 @@ def auto_search(sampler, samples: Samples, ref, target_cached: int, identity: di
         ctx = Context(sampler, fit_set, fit_profile, identity, int(target_cached), settings,
                       Trials(sampler, hold_set, ref[hold_idx], int(settings.trials), advance))
         schedules = feasible_schedules(sampler.steps, ctx.counts(), schedule_grid(sampler.steps))
-        fam, sched, corr = split_budget(ctx.trials.budget, len(family_order(settings)), 7, settings.correct_top)
-        stage_families(ctx, fam, schedules)
+        stage_families(ctx, ctx.trials.left, schedules)
+        sched, _ = split_budget(ctx.trials.left, 7, settings.correct_top)
         stage_schedules(ctx, sched, schedules)
-        stage_corrections(ctx, corr)
+        stage_corrections(ctx, ctx.trials.left - min(REFINE_SCORES, ctx.trials.left))
         stage_refine(ctx)
     return winner_plan(ctx, fit_set, hold_set), ctx.trials.rows
 
