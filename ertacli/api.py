@@ -204,10 +204,12 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
               nfe: int | None = None, target_speedup: float | None = None, method: str = "ertacache-x1",
               prompt_encoder: Callable[[list[str]], dict] | None = None, backbone: str | None = None,
               holdout: float = 0.25, micro_batch: int = 0, save_to: str | None = None, quiet: bool = True,
-              **call_kwargs) -> Plan:
+              auto_trials: int = 40, **call_kwargs) -> Plan:
     """profile -> search -> fit on your own pipeline, in memory; returns the fitted Plan (saved if `save_to`).
 
     Give one of `lam` (threshold), `nfe` (transformer calls per sample) or `target_speedup` (predicted).
+    `method="auto"` searches the configuration at that target (`ertacli.calibration.auto`, at most
+    `auto_trials` candidates scored on the held-out prompts); `save_to` then also writes auto.csv.
     `call_kwargs` are the pipeline-call settings (num_inference_steps, height, width, guidance_scale, ...);
     prompts go through `prompt_encoder` (default: `prompt=`).
     """
@@ -228,6 +230,9 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
     samples = Samples.grid(list(prompts), [int(s) for s in seeds])
     identity = pipeline_identity(pipe, call_kwargs, cache_cfg.residual)
     profile = record_profile(sampler, samples, cache_cfg.residual, quiet=quiet)
+    if method == "auto":
+        return calibrate_auto(sampler, samples, profile, identity, (lam, nfe, target_speedup), fit_settings,
+                              holdout, auto_trials, save_to, quiet)
     if lam is not None:
         plan = search_plan(sampler, samples, profile.data, lam, cache_cfg, identity, quiet)
     else:
@@ -238,3 +243,28 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
     if save_to is not None:
         fitted.save(save_to)
     return fitted
+
+
+def calibrate_auto(sampler, samples, profile, identity: dict, target: tuple, fit_settings, holdout: float,
+                   trials: int, save_to: str | None, quiet: bool) -> Plan:
+    """`calibrate(method="auto")`: the target as a cached count, then the configuration search."""
+    import math
+
+    from .calibration.auto import AutoSettings, auto_search, save_auto
+    from .calibration.search import cached_for, search_plan
+    from .recipe import CacheCfg
+
+    lam, nfe, speedup = target
+    branches, T = list(profile.data["branches"]), sampler.steps
+    if nfe is not None:
+        cached = cached_for(branches, T, nfe, identity["recipe"])
+    elif speedup is not None:
+        cached = int(math.ceil(len(branches) * T * (1.0 - 1.0 / float(speedup)) - 1e-9))
+    else:
+        cfg = CacheCfg(predictor="extrapolate", order=1)
+        cached = search_plan(sampler, samples, profile.data, lam, cfg, identity, quiet).n_cached
+    settings = AutoSettings(trials=trials, holdout=holdout, fit=fit_settings)
+    plan, rows = auto_search(sampler, samples, profile.latents, cached, identity, settings, quiet)
+    if save_to is not None:
+        save_auto(plan, rows, save_to)
+    return plan

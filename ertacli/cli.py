@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from .cli_options import (CompareOpt, CompileOpt, DeviceOpt, LambdaOpt, MethodOpt, ModelOpt, PlanOpt, PredictorOpt,
+from .cli_options import (AutoTrialsOpt, CompareOpt, CompileOpt, DeviceOpt, LambdaOpt, MethodOpt, ModelOpt, PlanOpt, PredictorOpt,
                           PromptOpt, PromptsOpt, QuietOpt, SamplesOpt, SeedOpt, SetOpt, deprecated, integers,
-                          lambdas as parse_lambdas, predictor_overrides)
+                          lambdas as parse_lambdas, predictor_overrides, auto_sets)
 from .errors import UserError
 
 app = typer.Typer(name="ertacache", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -143,16 +143,21 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
                                                               help="Target: smallest lambda whose predicted speedup (NFE ratio) is >= X."),
                predictor: Optional[str] = PredictorOpt,
                order: Optional[int] = typer.Option(None, "--order", hidden=True, help="Deprecated: use --predictor extrapolate-N."),
-               method: Optional[str] = MethodOpt,
+               nfe: Optional[List[str]] = typer.Option(None, "--nfe", help="Target: transformer calls per sample "
+                                                       "(sets --cached-steps; one value)."),
+               method: Optional[str] = MethodOpt, auto_trials: Optional[int] = AutoTrialsOpt,
                sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
-    """Threshold policy search: one plan per lambda and a summary table."""
+    """Threshold policy search: one plan per lambda and a summary table (--method auto: the configuration search)."""
     from .commands.search import run_search
     from .runs.headlines import num
 
-    sets = list(sets or []) + predictor_overrides(predictor, order)
+    sets = list(sets or []) + predictor_overrides(predictor, order) + auto_sets(auto_trials)
     job = _job(model, sets, device, quiet, method=method)
+    targets = integers(nfe, "--nfe")
+    if len(targets) > 1:
+        raise UserError("search takes one --nfe target (sweep compares several)")
     path, df = run_search(job, parse_lambdas(lambdas) or list(job.recipe.search.lambdas), profile, cached_steps,
-                          target_speedup)
+                          target_speedup, targets[0] if targets else None)
     _show(df.drop(columns=["cached"]), "search: one plan per lambda")
     _finish("; ".join(f"lambda {num(r['lambda'])}: {r['cached_steps']} cached, NFE {r['nfe']}, predicted "
                       f"{r['predicted_speedup']:.2f}x" for r in df.to_dict("records")), path)
@@ -183,9 +188,12 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
     if final.placement:
         pl = final.placement
         _say(f"placement: calibration L1 {pl['before']:.6g} -> {pl['after']:.6g} in {pl['trials']} trials")
-    ph = final.fit["phi_summary"]
-    _say(f"phi over {ph['cached']} cached steps: {ph['zero']} at 0, {ph['partial']} in (0,1), {ph['one']} at 1; "
-         f"min/median/max {ph['min']}/{ph['median']}/{ph['max']}")
+    for c in final.fit["candidates"]:  # every adjusting candidate's phi, chosen or not
+        ph = c.get("phi_summary")
+        if ph:
+            _say(f"phi (adjust, rectify={c['rectify']}, gain={c.get('gain', False)}) over {ph['cached']} cached steps: "
+                 f"{ph['zero']} at 0, {ph['partial']} in (0,1), {ph['one']} at 1; min/median/max "
+                 f"{ph['min']}/{ph['median']}/{ph['max']}")
     _show(rows, "fit: candidates on held-out prompts (lower MSE wins)")
     chosen = next(r for r in rows if r["chosen"])
     _finish(f"kept adjust={dec['adjust']} rectify={dec['rectify']} gain={dec.get('gain', False)}; held-out MSE "
@@ -261,6 +269,7 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
               old_speedup: Optional[float] = typer.Option(None, "--target-speedup", hidden=True, help="Deprecated: --pick-speedup."),
               old_psnr: Optional[float] = typer.Option(None, "--min-psnr", hidden=True, help="Deprecated: --pick-psnr."),
               samples: Optional[int] = SamplesOpt, method: Optional[str] = MethodOpt,
+              auto_trials: Optional[int] = AutoTrialsOpt,
               sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Lambda grid, or every method and peer at matched NFEs, through search -> fit -> generate -> eval: table, plots."""
     from .commands.sweep import run_sweep
@@ -272,7 +281,7 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
             deprecated("sweep", old)
     pick_speedup = pick_speedup if pick_speedup is not None else old_speedup
     pick_psnr = pick_psnr if pick_psnr is not None else old_psnr
-    job = _job(model, sets, device, quiet, method=method)
+    job = _job(model, list(sets or []) + auto_sets(auto_trials), device, quiet, method=method)
     names = [m.strip() for m in methods.split(",")] if methods else None
     for name in names or []:
         method_overrides(name)

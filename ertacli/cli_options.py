@@ -10,7 +10,8 @@ from .errors import UserError
 
 ModelOpt = typer.Option("tiny-flux", "--model", "-m", help="Recipe name (see `ertacache recipes`) or path to a recipe file.")
 MethodOpt = typer.Option(None, "--method", help="Method preset over the recipe: ertacache (the paper), ertacache-x1, "
-                         "ertacache-x2, ertacache-x2p (see `ertacache methods`).")
+                         "ertacache-x2, ertacache-x2p, auto (see `ertacache methods`).")
+AutoTrialsOpt = typer.Option(None, "--auto-trials", help="--method auto: candidates scored at most (default: recipe).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampling.steps=30 (repeatable).")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available, else CPU).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines.")
@@ -64,6 +65,15 @@ def lambdas(values: Optional[List[str]]) -> list[float]:
 def integers(values: Optional[List[str]], name: str) -> list[int]:
     """A repeatable integer option with comma lists."""
     return numbers(values, name, int, "10,8")
+
+
+def auto_sets(trials: Optional[int]) -> list[str]:
+    """--auto-trials N as a recipe override (N >= 1)."""
+    if trials is None:
+        return []
+    if trials < 1:
+        raise UserError(f"--auto-trials must be >= 1, got {trials}")
+    return [f"search.auto_trials={trials}"]
 
 
 def predictor_overrides(value: Optional[str], order: Optional[int]) -> list[str]:

@@ -63,6 +63,7 @@ class Plan:
     search_errors: dict[str, dict[str, float]] = field(default_factory=dict)
     placement: dict | None = None
     fit: dict | None = None
+    auto: dict | None = None  # `--method auto`: the settings that won, the runner-up and the margin
     adjusted_sigmas: list[float] | None = None
     rectify: dict | None = None
     model_class: str | None = None  # the transformer's class (plans made before this field: None, not checked)

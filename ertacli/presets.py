@@ -21,7 +21,7 @@ class Method:
     overrides: tuple[str, ...]
 
 
-PLAIN = ("fit.optimize_placement=false",)
+PLAIN = ("fit.optimize_placement=false", "search.auto=false")
 METHODS: dict[str, Method] = {
     "ertacache": Method("the paper: reuse the last residual, validated timestep adjustment + rectification",
                         ("cache.predictor=reuse", *PLAIN)),
@@ -31,7 +31,10 @@ METHODS: dict[str, Method] = {
                            ("cache.predictor=extrapolate", "cache.order=2", "cache.abscissa=sigma", *PLAIN)),
     "ertacache-x2p": Method("second-order extrapolation + greedy placement of the computed steps",
                             ("cache.predictor=extrapolate", "cache.order=2", "cache.abscissa=sigma",
-                             "fit.optimize_placement=true")),
+                             "fit.optimize_placement=true", "search.auto=false")),
+    "auto": Method("search the configuration: placement family, predictor, residual space, gain and corrections, "
+                   "scored on held-out calibration prompts", ("search.auto=true", "cache.residual=hidden",
+                                                              "fit.optimize_placement=false")),
 }
 
 

@@ -119,6 +119,8 @@ class SearchCfg(_Strict):
         default_factory=lambda: [0.05, 0.1, 0.2], min_length=1
     )
     nfe: list[Annotated[int, Field(ge=2)]] = Field(default_factory=list)  # sweep's matched-NFE targets
+    auto: bool = False  # `--method auto`: search the configuration (ertacli/calibration/auto.py), not a lambda
+    auto_trials: int = Field(default=40, ge=1)  # candidates auto scores at most (`--auto-trials`)
 
 
 class FitCfg(_Strict):

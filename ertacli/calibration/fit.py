@@ -152,12 +152,12 @@ def fit_plan(sampler, plan: Plan, profile: dict, samples: Samples, ref, settings
     if not validate and "auto" in (adjust, rectify, gain):
         raise UserError("validated fit needs >= 2 calibration prompts; add prompts or pass --adjust/--rectify/--gain "
                         "on|off")
-    if settings.optimize_placement:
-        from .placement import optimize_placement
-
-        plan = optimize_placement(sampler, plan, samples, ref, settings.placement_trials or 0, quiet=quiet)
     fit_idx, hold_idx = split_holdout(samples, prompts, holdout) if validate else (list(range(len(samples))), [])
     fit_set, hold_set = samples.subset(fit_idx), samples.subset(hold_idx)
+    if settings.optimize_placement:  # on the fit part only: the held-out part judges what was fitted
+        from .placement import optimize_placement
+
+        plan = optimize_placement(sampler, plan, fit_set, ref[fit_idx], settings.placement_trials or 0, quiet=quiet)
     results = score_candidates(sampler, plan, profile, fit_set, hold_set, ref[hold_idx] if validate else None,
                                candidates(adjust, rectify, gain), settings, validate, quiet)
     best = choose(results, validate)
@@ -171,7 +171,8 @@ def fit_plan(sampler, plan: Plan, profile: dict, samples: Samples, ref, settings
                         "holdout_mse": r["holdout_mse"],
                         "gain_vs_plain": (plain - r["holdout_mse"]) if plain is not None and r["holdout_mse"]
                         is not None else None,
-                        "phi_summary": phi_summary(r["phis"]) if r["adjust"] else None} for r in results],
+                        "phi_summary": phi_summary(r["phis"]) if r["adjust"] else None,
+                        "phi": {str(k): v for k, v in r["phis"].items()} if r["adjust"] else None} for r in results],
         "phi": {str(k): v for k, v in best["phis"].items()}, "phi_summary": phi_summary(best["phis"]),
         "fit_samples": fit_set.to_json(), "holdout_samples": hold_set.to_json(), "validated": validate,
     }

@@ -54,8 +54,11 @@ def search_plan(sampler, samples: Samples, profile: dict, lam: float, cache_cfg,
 
 
 def search_target(sampler, samples: Samples, profile: dict, target: Target, cache_cfg, identity: dict,
-                  iters: int = 12, quiet: bool = True) -> Plan:
-    """Smallest lambda (bisection) whose plan caches >= N calls or predicts >= X speedup."""
+                  iters: int = 12, quiet: bool = True, stop_exact: bool = False) -> Plan:
+    """Smallest lambda (bisection) whose plan caches >= N calls or predicts >= X speedup.
+
+    `stop_exact`: stop at the first lambda caching exactly N calls (any such lambda, not the smallest).
+    """
     run = lambda lam: search_plan(sampler, samples, profile, lam, cache_cfg, identity, quiet)
     lo, hi = 0.0, 0.5
     best = run(hi)
@@ -65,7 +68,10 @@ def search_target(sampler, samples: Samples, profile: dict, target: Target, cach
                             f"{best.predicted_speedup:.2f}x); lower --cached-steps / --target-speedup")
         lo, hi = hi, hi * 2
         best = run(hi)
+    exact = lambda p: stop_exact and target.cached_steps is not None and p.n_cached == target.cached_steps
     for _ in range(iters):
+        if exact(best):
+            break
         mid = 0.5 * (lo + hi)
         plan = run(mid)
         if target.met(plan):

@@ -58,15 +58,12 @@ def choose(rows: list[dict], target_speedup: float | None, min_psnr: float | Non
 
 def lambda_rows(job: Job, lambdas: list[float], pdir: Path, samples: Samples, base_dir: Path, compare_peers: bool):
     """One row per lambda (the recipe's method, validated fit), peers at each plan's NFE; (search dir, rows, plans)."""
-    from ..plan import find_plan_dir
-    from .fit import run_fit
     from .search import run_search
 
     search_dir, summary = run_search(job, lambdas, str(pdir))
     ours, peers, plans = [], [], []
     for rel in summary["plan"]:
-        fit_dir, plan = run_fit(job, str(search_dir / rel))
-        plan_dir = find_plan_dir(fit_dir)
+        plan_dir, plan = fitted(job, search_dir / rel)
         ours.append({**plan_row(job, samples, base_dir, plan_dir, "ertacache"),
                      **calibration_quality(job, plan_dir, pdir)})
         plans.append(plan)
@@ -77,15 +74,25 @@ def lambda_rows(job: Job, lambdas: list[float], pdir: Path, samples: Samples, ba
 
 def preset_plan(job: Job, name: str, cached: int, profile_dir: Path) -> tuple[Job, Path, object]:
     """(job with the preset, fitted plan folder, plan) for preset `name` caching >= `cached` calls."""
-    from ..plan import find_plan_dir
     from ..presets import method_overrides
-    from .fit import run_fit
     from .search import run_search
 
     jv = job.variant(method_overrides(name))
     search_dir, df = run_search(jv, [], str(profile_dir), cached_steps=cached)
-    fit_dir, plan = run_fit(jv, str(search_dir / df["plan"].iloc[0]))
-    return jv, find_plan_dir(fit_dir), plan
+    return (jv, *fitted(jv, search_dir / df["plan"].iloc[0]))
+
+
+def fitted(job: Job, searched: Path) -> tuple[Path, object]:
+    """(plan folder, plan) after `fit` of a searched plan; an auto plan is already fitted (its corrections were
+    candidates of the search) and is taken as it is."""
+    from ..plan import find_plan_dir, load_plan
+    from .fit import run_fit
+
+    if job.recipe.search.auto:
+        plan_dir = find_plan_dir(searched)
+        return plan_dir, load_plan(plan_dir)
+    fit_dir, plan = run_fit(job, str(searched))
+    return find_plan_dir(fit_dir), plan
 
 
 def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, profile_dir: Path, nfe: int,
@@ -99,6 +106,8 @@ def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, prof
         jv, plan_dir, plan = preset_plan(job, name, cached, profile_dir)
         row = {**plan_row(jv, samples, base_dir, plan_dir, name),
                **calibration_quality(jv, plan_dir, profile_dir, timed_too=False)}
+        if plan.auto:
+            row["setting"] = plan.auto["winner"]["label"]
         ours.append({**row, "target_nfe": nfe, "best_calibrated": False})
         plans.append(plan)
     best = max(ours, key=lambda r: r["calib_psnr"])

@@ -87,17 +87,18 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    plans = [p for p in plans if p.search_errors]
-    branches = list(dict.fromkeys(b for p in plans for b in p.branches)) or ["(no searched plan)"]
+    branches = list(dict.fromkeys(b for p in plans for b in p.branches)) or ["(no plan)"]
     fig, axes = plt.subplots(len(branches), 1, figsize=(10, 3.6 * len(branches)), squeeze=False)
     for ax, b in zip(axes[:, 0], branches):
         for i, plan in enumerate(plans):
             errs = {int(k): v for k, v in plan.search_errors.get(b, {}).items()}
-            if not errs:
-                continue
             color = f"C{i % 10}"
+            label = f"{plan.predictor.get('kind', 'reuse')}-{plan.predictor.get('order', 1)} {plan_label(plan)}, NFE {plan.nfe}"
+            if not errs:  # a schedule that was not thresholded (auto's uniform families): its cached steps only
+                cached = plan.cached_steps.get(b, [])
+                ax.plot(cached, [1e-3] * len(cached), "v", color=color, markersize=7, label=label + " (no threshold)")
+                continue
             steps = sorted(errs)
-            label = f"{plan.predictor.get('kind', 'reuse')}-{plan.predictor.get('order', 1)}, NFE {plan.nfe}"
             ax.plot(steps, [errs[k] for k in steps], ".-", color=color, linewidth=1, label=label)
             if plan.lam is not None:
                 ax.axhline(plan.lam, color=color, linestyle="--", linewidth=0.8)
@@ -117,3 +118,10 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plan_label(plan) -> str:
+    """How the error-profile legend names a plan: its lambda, or what auto chose."""
+    if plan.lam is not None:
+        return f"at λ={plan.lam:g}"
+    return f"by auto: {plan.auto['winner']['label']}" if getattr(plan, "auto", None) else f"({plan.method})"

@@ -1,0 +1,380 @@
+"""auto: calibrated configuration search at a cached-call target (README "Methods", `--method auto`).
+
+The calibration set is split once (`split_holdout`). Everything fitted — the threshold searches, the profile
+statistics they normalise by, the corrections (adjust / rectify / gain) and the greedy placement refinement —
+uses the fit part only; every candidate is scored by the mean squared error of its final latents on the
+held-out part against the uncached references there (`latent_mse`). Stages, each a share of the budget of
+scored candidates (`trials`):
+
+1. families: the lambda threshold placement (search_target on the fit part) for hidden-space first- and
+   second-order extrapolation and velocity-space second-order extrapolation (`lambda_families`), and the
+   even schedule for every (space, predictor) pair;
+2. schedules: every window / interval schedule of `schedules.py` for the two best (space, predictor) pairs;
+3. corrections: the validated corrections (fit_plan's candidates) of the best plain candidates;
+4. refinement: greedy ±1 moves (optimize_placement, on the fit part) of the best placement.
+
+The winner is an ordinary plan (cached steps, predictor, residual space, optional corrections) with
+`method: auto` and the settings that won in `plan.auto`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from ..plan import Plan
+from ..progress import task
+from .fit import FitSettings, candidates, latent_mse, resolve_modes, score_candidates
+from .samples import Samples, split_holdout
+from .schedules import branch_counts, describe, feasible_schedules, schedule_grid
+from .search import Target, cached_for, search_target
+
+PREDICTORS = {"reuse": ("reuse", 1), "x1": ("extrapolate", 1), "x2": ("extrapolate", 2)}
+# threshold searches cost a dozen fit-part passes each: the presets' two extrapolating ones and velocity x2
+LAMBDA_FAMILIES = (("hidden", "x1"), ("hidden", "x2"), ("velocity", "x2"))
+REFINE_SCORES = 2
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """The search's budget and families: `trials` scored candidates at most; the fit settings of stage 3."""
+
+    trials: int = 40
+    spaces: tuple[str, ...] = ("hidden", "velocity")
+    predictors: tuple[str, ...] = ("x2", "x1", "reuse")
+    lambda_families: tuple[tuple[str, str], ...] = LAMBDA_FAMILIES
+    correct_top: int = 2
+    refine_trials: int = 8  # fit-part placement moves of stage 4 (runs on the fit part, not scored trials)
+    holdout: float = 0.25
+    fit: FitSettings = field(default_factory=FitSettings)
+
+    def __post_init__(self):
+        if int(self.trials) < 1:
+            raise UserError(f"--auto-trials must be >= 1, got {self.trials}")
+        bad = [s for s in self.spaces if s not in ("hidden", "velocity")]
+        if bad:
+            raise UserError(f"auto searches the hidden and velocity residual spaces, not {bad[0]!r}")
+
+
+def space_profile(data: dict, space: str) -> dict:
+    """Profile statistics in `space`: velocity-space R_k is the call's output v_k, which every profile records."""
+    if space == data["residual"]:
+        return data
+    if space != "velocity":
+        raise UserError(f"a {data['residual']} profile gives no {space}-space statistics; profile in {space}")
+    stats = {b: dict(rows, R=list(rows["v"]), dR=list(rows["dv"]),
+                     dR_rel=[d / r if r > 0 else 0.0 for d, r in zip(rows["dv"], rows["v"])])
+             for b, rows in data["stats"].items()}
+    return {**data, "residual": "velocity", "stats": stats}
+
+
+def cache_settings(space: str, pred: str):
+    """The recipe `cache:` section of one (space, predictor) pair."""
+    from ..recipe import CacheCfg
+
+    kind, order = PREDICTORS[pred]
+    return CacheCfg(residual=space, predictor=kind, order=order, abscissa="sigma")
+
+
+def schedule_plan(profile: dict, identity: dict, fit_set: Samples, space: str, pred: str,
+                  cached: dict[str, list[int]]) -> Plan:
+    """A plan with given cached steps per branch (no threshold search) for one (space, predictor) pair."""
+    from ..engine.predict import Predictor, predictor_spec
+
+    spec = Predictor.from_plan(predictor_spec(cache_settings(space, pred)), profile["base_sigmas"]).to_json()
+    return Plan(recipe=identity["recipe"], recipe_key=identity["recipe_key"], model_id=identity["model_id"],
+                steps=profile["steps"], scheduler=profile["scheduler"], residual=space,
+                base_sigmas=profile["base_sigmas"], branches=list(profile["branches"]),
+                cached_steps={b: sorted(cached[b]) for b in profile["branches"]},
+                sample_shape=profile["sample_shape"], predictor=spec, method="schedule",
+                calibration={**fit_set.to_json(), "profile_run": identity.get("profile_run")},
+                model_class=profile.get("model_class"))
+
+
+class Trials:
+    """The scored candidates so far, the budget, and the progress bar."""
+
+    def __init__(self, sampler, hold_set: Samples, ref_hold, budget: int, advance):
+        self.sampler, self.hold_set, self.ref_hold = sampler, hold_set, ref_hold
+        self.budget, self.advance, self.rows = budget, advance, []
+        self.seen: dict[tuple, dict] = {}
+
+    @property
+    def left(self) -> int:
+        return self.budget - len(self.rows)
+
+    def score(self, plan: Plan, row: dict, mse: float | None = None) -> dict | None:
+        """Score `plan` on the held-out part (unless `mse` is known) and record it; None past the budget.
+
+        A plan identical to one already scored (same space, predictor, cached steps and corrections) is not
+        scored again: the earlier row is returned and no trial is spent.
+        """
+        key = (row["space"], row["predictor"], plan_cached(plan), row["gain"], row["adjust"], row["rectify"])
+        if key in self.seen:
+            return self.seen[key]
+        if self.left <= 0:
+            return None
+        if mse is None:
+            mse = latent_mse(self.sampler, plan, self.hold_set, self.ref_hold)
+        rec = {"trial": len(self.rows) + 1, **row, "cached": plan_cached(plan), "nfe": plan.nfe,
+               "holdout_mse": mse, "plan": plan}
+        self.rows.append(rec)
+        self.seen[key] = rec
+        self.advance()
+        return rec
+
+    def ranked(self, **where) -> list[dict]:
+        """Scored rows (those matching `where`), best held-out MSE first; ties keep the earlier trial."""
+        rows = [r for r in self.rows if all(r.get(k) == v for k, v in where.items())]
+        return sorted(rows, key=lambda r: (r["holdout_mse"], r["trial"]))
+
+
+def plan_cached(plan: Plan) -> str:
+    return "; ".join(f"{b}:{','.join(map(str, plan.cached_steps.get(b, [])))}" for b in plan.branches)
+
+
+def base_row(stage: str, space: str, pred: str, placement: str, lam=None) -> dict:
+    return {"stage": stage, "space": space, "predictor": pred, "placement": placement, "lambda": lam,
+            "gain": "1" if pred != "reuse" else "-", "adjust": False, "rectify": False, "phi_summary": None}
+
+
+@dataclass
+class Context:
+    """What every stage needs: the sampler, the split, the fit-part profile, the target and the trials."""
+
+    sampler: object
+    fit_set: Samples
+    fit_profile: object  # ProfileResult of the fit part (hidden space)
+    identity: dict
+    target: int
+    settings: AutoSettings
+    trials: Trials
+
+    def profile(self, space: str) -> dict:
+        return space_profile(self.fit_profile.data, space)
+
+    def counts(self) -> dict[str, int]:
+        return branch_counts(list(self.fit_profile.data["branches"]), self.target)
+
+
+def lambda_candidate(ctx: Context, space: str, pred: str) -> dict | None:
+    """Stage 1: the threshold policy searched on the fit part to the target count, scored on held-out."""
+    if ctx.trials.left <= 0:
+        return None
+    try:
+        plan = search_target(ctx.sampler, ctx.fit_set, ctx.profile(space), Target(cached_steps=ctx.target),
+                             cache_settings(space, pred), ctx.identity, stop_exact=True)
+    except UserError:
+        return None
+    return ctx.trials.score(plan, base_row("families", space, pred, f"lambda={plan.lam:.4g}", plan.lam))
+
+
+def schedule_candidate(ctx: Context, stage: str, space: str, pred: str, params: dict, sets) -> dict | None:
+    plan = schedule_plan(ctx.profile(space), ctx.identity, ctx.fit_set, space, pred, sets)
+    return ctx.trials.score(plan, base_row(stage, space, pred, describe(params, sets, plan.steps)))
+
+
+def family_order(settings: AutoSettings) -> list[tuple[str, str, str]]:
+    """Stage 1's candidates in order: (kind "lambda" | "even", space, predictor), the two kinds interleaved."""
+    lams = [("lambda", sp, p) for sp, p in settings.lambda_families if sp in settings.spaces
+            and p in settings.predictors]
+    evens = [("even", sp, p) for p in settings.predictors for sp in settings.spaces]
+    inter = [x for pair in zip(lams, evens) for x in pair]
+    n = min(len(lams), len(evens))
+    return inter + lams[n:] + evens[n:]
+
+
+def stage_families(ctx: Context, cap: int, schedules: list) -> None:
+    """Lambda placements for the threshold families and the plain even schedule for every pair."""
+    stop = len(ctx.trials.rows) + cap
+    for kind, space, pred in family_order(ctx.settings):
+        if len(ctx.trials.rows) >= stop:
+            return
+        if kind == "lambda":
+            lambda_candidate(ctx, space, pred)
+        elif schedules:
+            schedule_candidate(ctx, "families", space, pred, *schedules[0])
+
+
+def stage_schedules(ctx: Context, cap: int, schedules: list) -> None:
+    """Every other schedule for the two best (space, predictor) pairs so far, alternating between them."""
+    pairs = []
+    for r in ctx.trials.ranked():
+        if (r["space"], r["predictor"]) not in pairs:
+            pairs.append((r["space"], r["predictor"]))
+    stop = len(ctx.trials.rows) + cap
+    for params, sets in schedules[1:]:
+        for space, pred in pairs[:2]:
+            if len(ctx.trials.rows) >= stop:
+                return
+            schedule_candidate(ctx, "schedules", space, pred, params, sets)
+
+
+def correct(ctx: Context, base: dict, modes: list) -> list[dict]:
+    """Stage 3 for one plain candidate: each correction fitted on the fit part, scored on held-out."""
+    from ..engine.schedule import phi_summary
+
+    out = []
+    for mode in modes:
+        if ctx.trials.left <= 0:
+            break
+        (res,) = score_candidates(ctx.sampler, base["plan"], ctx.profile(base["space"]), ctx.fit_set,
+                                  ctx.trials.hold_set, ctx.trials.ref_hold, [mode], ctx.settings.fit, True)
+        adj, rect, gn = mode
+        row = {**{k: base[k] for k in ("space", "predictor", "placement", "lambda")}, "stage": "corrections",
+               "gain": "fitted" if gn else base["gain"], "adjust": adj, "rectify": rect,
+               "phi_summary": phi_summary(res["phis"]) if adj else None, "phis": res["phis"],
+               "base_trial": base["trial"]}
+        out.append(ctx.trials.score(res["plan"], row, res["holdout_mse"]))
+    return out
+
+
+def stage_corrections(ctx: Context, cap: int) -> None:
+    """The validated corrections of the best plain candidates (fewest parts first), within `cap` trials."""
+    stop = len(ctx.trials.rows) + cap
+    plain = sorted([r for r in ctx.trials.rows if not (r["adjust"] or r["rectify"] or r["gain"] == "fitted")],
+                   key=lambda r: (r["holdout_mse"], r["trial"]))
+    for base in plain[:ctx.settings.correct_top]:
+        left = stop - len(ctx.trials.rows)
+        if left <= 0:
+            return
+        adjust, rectify, gain = resolve_modes(ctx.settings.fit, base["plan"], ctx.sampler.pipe.scheduler)
+        modes = [m for m in candidates(adjust, rectify, gain) if any(m)]
+        modes.sort(key=lambda m: (sum(m), m))
+        correct(ctx, base, modes[:left])
+
+
+def stage_refine(ctx: Context) -> None:
+    """Greedy ±1 moves of the best candidate's placement on the fit part; the moved plan is scored (plain, and
+    with the best candidate's corrections re-fitted when it had any)."""
+    from .placement import optimize_placement
+
+    best = ctx.trials.ranked()[0] if ctx.trials.rows else None
+    if best is None or ctx.trials.left <= 0:
+        return
+    base = next(r for r in ctx.trials.rows if r["trial"] == best.get("base_trial", best["trial"]))
+    moved = optimize_placement(ctx.sampler, base["plan"], ctx.fit_set, ctx.fit_profile.latents,
+                               ctx.settings.refine_trials)
+    if moved.cached_steps == base["plan"].cached_steps:
+        return
+    row = {**base, "stage": "refine", "placement": f"{base['placement']}+moves({moved.placement['trials']})"}
+    row = {k: v for k, v in row.items() if k not in ("trial", "plan", "cached", "nfe", "holdout_mse")}
+    refined = ctx.trials.score(moved, row)
+    mode = (best["adjust"], best["rectify"], best["gain"] == "fitted")
+    if refined is not None and any(mode):
+        correct(ctx, refined, [mode])
+
+
+def split_budget(left: int, n_modes: int, top: int) -> tuple[int, int]:
+    """(schedules, corrections) caps of what stage 1 left: the refinement keeps REFINE_SCORES, corrections get
+    up to half of the rest (at most `top` candidates' modes), the schedules everything else."""
+    refine = min(REFINE_SCORES, left)
+    corr = min(top * n_modes, (left - refine) - (left - refine) // 2)
+    return left - refine - corr, corr
+
+
+def auto_search(sampler, samples: Samples, ref, target_cached: int, identity: dict, settings: AutoSettings,
+                quiet: bool = True) -> tuple[Plan, list[dict]]:
+    """The best configuration at >= `target_cached` cached calls; returns (winner plan, every scored row).
+
+    `ref` are the uncached final latents of `samples` (the profile's); only its held-out rows are read.
+    """
+    from .profile import record_profile
+
+    prompts = samples.unique_prompts()
+    if len(prompts) < 2:
+        raise UserError("--method auto scores candidates on held-out prompts: it needs >= 2 calibration prompts")
+    fit_idx, hold_idx = split_holdout(samples, prompts, settings.holdout)
+    fit_set, hold_set = samples.subset(fit_idx), samples.subset(hold_idx)
+    fit_profile = record_profile(sampler, fit_set, "hidden")
+    branches = list(fit_profile.data["branches"])
+    cached_for(branches, sampler.steps, len(branches) * sampler.steps - target_cached, identity["recipe"])
+    with task(f"auto: {settings.trials} candidates", settings.trials, quiet) as advance:
+        ctx = Context(sampler, fit_set, fit_profile, identity, int(target_cached), settings,
+                      Trials(sampler, hold_set, ref[hold_idx], int(settings.trials), advance))
+        schedules = feasible_schedules(sampler.steps, ctx.counts(), schedule_grid(sampler.steps))
+        stage_families(ctx, ctx.trials.left, schedules)
+        sched, _ = split_budget(ctx.trials.left, 7, settings.correct_top)
+        stage_schedules(ctx, sched, schedules)
+        stage_corrections(ctx, ctx.trials.left - min(REFINE_SCORES, ctx.trials.left))
+        stage_refine(ctx)
+    return winner_plan(ctx, fit_set, hold_set), ctx.trials.rows
+
+
+def winner_plan(ctx: Context, fit_set: Samples, hold_set: Samples) -> Plan:
+    """The best row's plan, with `method: auto` and `plan.auto` saying what won and by how much."""
+    ranked = ctx.trials.ranked()
+    if not ranked:
+        raise UserError("auto scored no candidate: raise --auto-trials")
+    best = ranked[0]
+    runner = next((r for r in ranked[1:] if label(r) != label(best)), None)
+    plan = best["plan"].copy(method="auto")
+    plan.auto = {
+        "winner": settings_of(best), "holdout_mse": best["holdout_mse"],
+        "runner_up": settings_of(runner) if runner else None,
+        "runner_up_mse": runner["holdout_mse"] if runner else None,
+        "margin_db": margin_db(best, runner), "target_cached": ctx.target, "trials": len(ctx.trials.rows),
+        "budget": ctx.trials.budget, "fit_samples": fit_set.to_json(), "holdout_samples": hold_set.to_json(),
+        "score": "mean squared error of final latents on the held-out part vs uncached", "summary": summary(best, runner),
+    }
+    return plan
+
+
+def label(r: dict) -> str:
+    """e.g. x2/velocity/uniform(i=2,b=1,tail=2)+gain+adjust."""
+    parts = [f"{r['predictor']}/{r['space']}/{r['placement']}"]
+    parts += [name for name, on in (("gain", r["gain"] == "fitted"), ("adjust", r["adjust"]),
+                                    ("rectify", r["rectify"])) if on]
+    return "+".join(parts)
+
+
+def settings_of(r: dict) -> dict:
+    kind, order = PREDICTORS[r["predictor"]]
+    return {"label": label(r), "space": r["space"], "predictor": kind, "order": order, "placement": r["placement"],
+            "lambda": r["lambda"], "gain": r["gain"], "adjust": r["adjust"], "rectify": r["rectify"],
+            "stage": r["stage"], "trial": r["trial"]}
+
+
+def margin_db(best: dict, runner: dict | None) -> float | None:
+    if runner is None or not best["holdout_mse"] > 0:
+        return None
+    return 10 * math.log10(runner["holdout_mse"] / best["holdout_mse"])
+
+
+def summary(best: dict, runner: dict | None) -> str:
+    """The one line the CLI prints: what won, its held-out MSE and the margin over the runner-up."""
+    line = f"auto: won {label(best)}, held-out MSE {best['holdout_mse']:.4g}"
+    if runner is not None:
+        line += f" vs runner-up {label(runner)} {runner['holdout_mse']:.4g} ({margin_db(best, runner):+.2f} dB)"
+    return line
+
+
+CSV_COLUMNS = ("trial", "stage", "predictor", "space", "placement", "lambda", "gain", "adjust", "rectify",
+               "cached", "nfe", "holdout_mse", "db_vs_best", "winner", "phi_summary")
+
+
+def table_rows(rows: list[dict], plan: Plan) -> list[dict]:
+    """auto.csv: every scored candidate (settings, held-out MSE, dB behind the winner); the winner marked."""
+    win = plan.auto["winner"]["trial"]
+    best = plan.auto["holdout_mse"]
+    out = []
+    for r in rows:
+        db = 10 * math.log10(r["holdout_mse"] / best) if best > 0 and r["holdout_mse"] > 0 else 0.0
+        phi = r.get("phi_summary")
+        out.append({**{k: r.get(k) for k in CSV_COLUMNS}, "db_vs_best": round(db, 4), "winner": r["trial"] == win,
+                    "phi_summary": None if phi is None else
+                    f"{phi['zero']} at 0, {phi['partial']} in (0,1), {phi['one']} at 1 of {phi['cached']}"})
+    return out
+
+
+def save_auto(plan: Plan, rows: list[dict], folder) -> None:
+    """Write the plan folder: plan.json and auto.csv."""
+    import csv
+    from pathlib import Path
+
+    folder = Path(plan.save(folder))
+    with open(folder / "auto.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
+        w.writeheader()
+        w.writerows(table_rows(rows, plan))
