@@ -212,6 +212,19 @@ def place_pipeline(pipe: Any, model_cfg: Any, device: str) -> None:
         pipe.enable_sequential_cpu_offload(device=device)
 
 
+def quiet_meaningless_warnings() -> None:
+    """Drop diffusers' per-call 'num_frames - 1 has to be divisible by 1' (a VAE without temporal compression)."""
+    import logging
+
+    class DivisibleByOne(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "has to be divisible by 1." not in record.getMessage()
+
+    log = logging.getLogger("diffusers.pipelines.wan.pipeline_wan")
+    if not any(type(f).__name__ == "DivisibleByOne" for f in log.filters):
+        log.addFilter(DivisibleByOne())
+
+
 def load_pipeline(recipe, device: str) -> Loaded:
     """Load the recipe's pipeline onto device, in recipe.model.dtype, progress bar off."""
     backbone = get_backbone(recipe.model.pipeline)
@@ -231,4 +244,5 @@ def load_pipeline(recipe, device: str) -> Loaded:
     set_vae_decoding(pipe, getattr(recipe.model, "vae_tiling", False), getattr(recipe.model, "vae_slicing", True))
     place_pipeline(pipe, recipe.model, device)
     pipe.set_progress_bar_config(disable=True)
+    quiet_meaningless_warnings()
     return Loaded(pipe=pipe, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
