@@ -38,6 +38,8 @@ def with_spread(df):
         if _nan(r.get("speedup")) or r.get("speedup") is None:
             return "-"
         mark = "*" if isinstance(r.get("timing_note"), str) and r.get("timing_note") else ""
+        if _nan(r.get("speedup_q1")) or r.get("speedup_q1") is None:
+            return f"{r['speedup']:.2f}{mark}"
         return f"{r['speedup']:.2f} [{r['speedup_q1']:.2f}-{r['speedup_q3']:.2f}]{mark}"
 
     out["speedup"] = [cell(r) for r in df.to_dict("records")]

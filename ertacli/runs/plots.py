@@ -88,7 +88,7 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     branches = list(dict.fromkeys(b for p in plans for b in p.branches)) or ["(no plan)"]
-    fig, axes = plt.subplots(len(branches), 1, figsize=(10, 3.6 * len(branches)), squeeze=False)
+    fig, axes = plt.subplots(len(branches), 1, figsize=(10, 4.6 * len(branches)), squeeze=False)
     for ax, b in zip(axes[:, 0], branches):
         for i, plan in enumerate(plans):
             errs = {int(k): v for k, v in plan.search_errors.get(b, {}).items()}
@@ -96,14 +96,15 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
             label = f"{plan.predictor.get('kind', 'reuse')}-{plan.predictor.get('order', 1)} {plan_label(plan)}, NFE {plan.nfe}"
             if not errs:  # a schedule that was not thresholded (auto's uniform families): its cached steps only
                 cached = plan.cached_steps.get(b, [])
-                ax.plot(cached, [1e-3] * len(cached), "v", color=color, markersize=7, label=label + " (no threshold)")
+                ax.plot(cached, [0.04] * len(cached), "v", color=color, markersize=7, label=label + " (no threshold)",
+                        transform=ax.get_xaxis_transform())
                 continue
             steps = sorted(errs)
             ax.plot(steps, [errs[k] for k in steps], ".-", color=color, linewidth=1, label=label)
             if plan.lam is not None:
                 ax.axhline(plan.lam, color=color, linestyle="--", linewidth=0.8)
-                ax.annotate(f"λ={plan.lam:.3g}", (steps[-1], plan.lam), textcoords="offset points",
-                            xytext=(4, 2), fontsize=7, color=color)
+                ax.annotate(f"λ={plan.lam:.2g}", (steps[0], plan.lam), textcoords="offset points",
+                            xytext=(-2, 3 + 9 * (i % 3)), fontsize=7, color=color, ha="right")
             cached = [k for k in plan.cached_steps.get(b, []) if k in errs]
             ax.plot(cached, [errs[k] for k in cached], "v", color=color, markersize=7, markerfacecolor="none")
         ax.set_title(f"branch {b}: ▽ = cached (e_k < λ); dashed = λ", fontsize=9)
@@ -112,7 +113,7 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
