@@ -117,12 +117,21 @@ def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, prof
 
 
 def profiled_plans(df) -> list:
-    """The plans whose search error the error profile shows: every lambda's, or the best calibrated per NFE."""
+    """Plans whose search error the error profile shows: every lambda's, or per NFE the best calibrated one and,
+    when that one was not thresholded (an auto schedule), the best calibrated thresholded preset too."""
     from ..plan import load_plan
 
-    rows = df[df["best_calibrated"] == True] if "best_calibrated" in df else df  # noqa: E712
-    ours = rows[rows["method"].astype(str).str.startswith(("ertacache", "auto"))] if "method" in rows else rows
-    return [load_plan(p) for p in ours.get("plan", []) if isinstance(p, str)]
+    ours = df[df["method"].astype(str).str.startswith(("ertacache", "auto"))] if "method" in df else df
+    if "best_calibrated" not in ours or "target_nfe" not in ours:
+        return [load_plan(p) for p in ours.get("plan", []) if isinstance(p, str)]
+    out = []
+    for _, g in ours.groupby("target_nfe", sort=False):
+        best = load_plan(g[g["best_calibrated"] == True]["plan"].iloc[0])  # noqa: E712
+        out.append(best)
+        presets = g[g["method"].astype(str).str.startswith("ertacache")].sort_values("calib_psnr", ascending=False)
+        if not best.search_errors and len(presets):
+            out.append(load_plan(presets["plan"].iloc[0]))
+    return out
 
 
 def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, target_speedup: float | None = None,

@@ -96,8 +96,8 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
             label = f"{plan.predictor.get('kind', 'reuse')}-{plan.predictor.get('order', 1)} {plan_label(plan)}, NFE {plan.nfe}"
             if not errs:  # a schedule that was not thresholded (auto's uniform families): its cached steps only
                 cached = plan.cached_steps.get(b, [])
-                ax.plot(cached, [0.04] * len(cached), "v", color=color, markersize=7, label=label + " (no threshold)",
-                        transform=ax.get_xaxis_transform())
+                ax.plot(cached, [0.04 + 0.05 * (i % 6)] * len(cached), "v", color=color, markersize=7,
+                        label=label + " (cached steps; no threshold)", transform=ax.get_xaxis_transform())
                 continue
             steps = sorted(errs)
             ax.plot(steps, [errs[k] for k in steps], ".-", color=color, linewidth=1, label=label)
@@ -113,10 +113,10 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
