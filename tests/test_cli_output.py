@@ -115,3 +115,9 @@ def test_predictor_values_are_one_set(value):
     if value == "extrapolate-3":
         with pytest.raises(UserError, match="choose from reuse, extrapolate-1, extrapolate-2"):
             predictor_overrides(value, None)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-0.1"])
+def test_lambda_must_be_finite_and_non_negative(results, monkeypatch, capsys, value):
+    code, _, err = cli(monkeypatch, capsys, "search", "-m", "tiny-flux-random", "--lambda", value)
+    assert code == 2 and "--lambda must be >= 0" in err and len(err.strip().splitlines()) == 1

@@ -24,9 +24,11 @@ class Target:
 
 
 def check_lambda(lam: float) -> float:
-    """A threshold must be a number >= 0."""
-    if not lam >= 0:
-        raise UserError(f"--lambda must be >= 0, got {lam}")
+    """A threshold must be a finite number >= 0."""
+    import math
+
+    if not (lam >= 0 and math.isfinite(lam)):
+        raise UserError(f"--lambda must be >= 0 and finite, got {lam}")
     return float(lam)
 
 
