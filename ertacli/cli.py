@@ -132,7 +132,8 @@ def teacache_fit_cmd(model: str = ModelOpt, sets: Optional[List[str]] = SetOpt, 
     fit = json.loads(path.read_text())
     _show([{"degree": fit["degree"], "r2": round(fit["r2"], 4), "rms_residual": fit["rms_residual"],
             "points": fit["points"], "input": fit["input"],
-            "coefficients": ", ".join(f"{c:.6g}" for c in fit["coefficients"])}], "TeaCache fit", path.parent)
+            "coefficients": ", ".join(f"{c:.6g}" for c in fit["coefficients"])}], "TeaCache fit")
+    _finish(f"TeaCache polynomial of degree {fit['degree']} on {fit['points']} points, R2 {fit['r2']:.4f}", path.parent)
 
 
 @app.command("search")

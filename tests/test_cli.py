@@ -218,3 +218,26 @@ def test_missing_metric_weights_reported_not_scored(results, monkeypatch, capsys
     summary = json.loads((ev / "eval.json").read_text())
     assert summary["lpips"].startswith("missing:") and "alexnet-owt-7be5be79.pth" in summary["lpips"]
     assert isinstance(summary["psnr"], float)
+
+
+def test_runs_made_inside_another_command_reproduce_on_their_own(results, monkeypatch, capsys):
+    """A profile made by `search` and a TeaCache fit made by a sweep's peers record their own command line."""
+    from ertacli.commands.eval import save_uniform
+    from ertacli.commands.teacache_fit import find_or_make_teacache
+    from ertacli.plan import load_plan
+    from ertacli.runs.job import Job
+
+    plan = _search_one(results, monkeypatch, capsys, "0.5")
+    (profile,) = runs(results, "tiny-flux-random", "profile")
+    assert json.loads((profile / "argv.json").read_text())["argv"][1:4] == ["profile", "--model", "tiny-flux-random"]
+    sets = ["sampling.steps=4", "calibration.seeds=[0]"]
+    job = Job.make("tiny-flux-random", sets, "cpu", argv=["ertacache", "sweep", "-m", "tiny-flux-random"], quiet=True)
+    fit, path = find_or_make_teacache(job)
+    argv = json.loads((path.parent / "argv.json").read_text())["argv"]
+    assert argv[1:] == ["teacache-fit", "--model", "tiny-flux-random", "--set", sets[0], "--set", sets[1]]
+    code, out, err = cli(monkeypatch, capsys, "reproduce", str(path.parent))
+    assert code == 0 and "exact match" in out, err + out
+    # a run with no command of its own (the uniform cache a peer comparison writes) says so, in one line
+    uniform = save_uniform(job, load_plan(plan)).parent
+    code, out, err = cli(monkeypatch, capsys, "reproduce", str(uniform))
+    assert code == 2 and "made inside `ertacache sweep`" in err and len(err.strip().splitlines()) == 1

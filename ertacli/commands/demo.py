@@ -66,7 +66,7 @@ def run_demo(job: Job, lambdas: list[float], with_ablation: bool = True, max_sam
 
     if max_samples < 1:
         raise UserError(f"--samples must be at least 1, got {max_samples}")
-    profile_dir = run_profile(job)
+    profile_dir = run_profile(job.as_command("profile"))
     search_dir, summary = run_search(job, lambdas, str(profile_dir))
     samples = job.eval_samples().first(max_samples)
     base_dir = run_generate(job, samples, None)

@@ -58,7 +58,7 @@ def find_or_make_profile(job: Job, given: str | None) -> tuple[dict, Path]:
     if given:
         return load_profile(given, job)
     found = find_run(job.recipe.name, "profile", PROFILE_FILE, profile_matches(job))
-    return load_profile(found if found is not None else run_profile(job), job)
+    return load_profile(found if found is not None else run_profile(job.as_command("profile")), job)
 
 
 def memory_estimate(job: Job) -> str | None:

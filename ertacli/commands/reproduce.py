@@ -144,8 +144,12 @@ def run_reproduce(run_dir: Path):
     if run_dir.name.startswith("generate-") and (run_dir / "inputs.json").is_file():
         new = _rerun_generate(run_dir.resolve(), cwd)
     else:
+        args = [str(a) for a in rec["argv"][1:]]
+        if args[:1] != [rec["command"]]:
+            raise UserError(f"{run_dir.name} was made inside `ertacache {' '.join(args[:1])}` and records no command "
+                            f"line of its own; reproduce the run that made it")
         before = {p.name for p in parent.iterdir()}
-        _rerun([str(a) for a in rec["argv"][1:]], cwd, run_dir.name)
+        _rerun(args, cwd, run_dir.name)
         made = sorted(p for p in parent.iterdir() if p.name not in before and p.name.startswith(rec["command"] + "-"))
         if not made:
             raise UserError(f"re-running {run_dir.name} wrote no new {rec['command']} run under {parent}")

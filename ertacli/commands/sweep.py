@@ -60,7 +60,9 @@ def lambda_rows(job: Job, lambdas: list[float], pdir: Path, samples: Samples, ba
     """One row per lambda (the recipe's method, validated fit), peers at each plan's NFE; (search dir, rows, plans)."""
     from .search import run_search
 
-    search_dir, summary = run_search(job, lambdas, str(pdir))
+    lams = ",".join(str(float(lam)) for lam in lambdas)
+    search_dir, summary = run_search(job.as_command("search", "--profile", pdir, "--lambda", lams), lambdas,
+                                     str(pdir))
     ours, peers, plans = [], [], []
     for rel in summary["plan"]:
         plan_dir, plan = fitted(job, search_dir / rel)
@@ -78,7 +80,8 @@ def preset_plan(job: Job, name: str, cached: int, profile_dir: Path) -> tuple[Jo
     from .search import run_search
 
     jv = job.variant(method_overrides(name))
-    search_dir, df = run_search(jv, [], str(profile_dir), cached_steps=cached)
+    made = jv.as_command("search", "--profile", profile_dir, "--cached-steps", cached)
+    search_dir, df = run_search(made, [], str(profile_dir), cached_steps=cached)
     return (jv, *fitted(jv, search_dir / df["plan"].iloc[0]))
 
 
@@ -91,7 +94,7 @@ def fitted(job: Job, searched: Path) -> tuple[Path, object]:
     if job.recipe.search.auto:
         plan_dir = find_plan_dir(searched)
         return plan_dir, load_plan(plan_dir)
-    fit_dir, plan = run_fit(job, str(searched))
+    fit_dir, plan = run_fit(job.as_command("fit", "--plan", searched), str(searched))
     return find_plan_dir(fit_dir), plan
 
 

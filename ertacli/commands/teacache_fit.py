@@ -37,5 +37,5 @@ def find_or_make_teacache(job: Job) -> tuple[dict, Path]:
         return d.get("recipe_key") == job.key and d.get("calibration", {}).get("digest") == digest
 
     found = find_run(job.recipe.name, "teacache-fit", TEACACHE_FILE, match)
-    path = found / TEACACHE_FILE if found is not None else run_teacache_fit(job)
+    path = found / TEACACHE_FILE if found is not None else run_teacache_fit(job.as_command("teacache-fit"))
     return read_json(path), path

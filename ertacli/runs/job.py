@@ -25,6 +25,8 @@ class Job:
     quiet: bool = False
     loaded_pipeline: Any = None
     compile: bool = False
+    model_arg: str | None = None  # --model as given, and every override applied, so a sub-run can name its own
+    sets: list[str] = field(default_factory=list)  # command line (see `as_command`)
 
     @classmethod
     def make(cls, model: str, overrides: list[str] | None, device: str | None,
@@ -34,11 +36,13 @@ class Job:
         from ..dist import WORLD, init, launched, local_device
         from ..presets import method_overrides
 
-        recipe = resolve_recipe(model, method_overrides(method) + list(overrides or []))
+        sets = method_overrides(method) + list(overrides or [])
+        recipe = resolve_recipe(model, sets)
         dev = local_device(device or ("cuda" if launched() and _cuda() else None) or resolve_device(None))
         dev = resolve_device(dev)
         init(dev)
-        return cls(recipe, dev, list(argv if argv is not None else sys.argv), quiet or not WORLD.main)
+        return cls(recipe, dev, list(argv if argv is not None else sys.argv), quiet or not WORLD.main,
+                   model_arg=str(model), sets=sets)
 
     @property
     def loaded(self):
@@ -63,7 +67,19 @@ class Job:
         from ..recipe import with_overrides
 
         return Job(with_overrides(self.recipe, overrides), self.device, self.argv, self.quiet, self.loaded,
-                   self.compile)
+                   self.compile, self.model_arg, self.sets + list(overrides))
+
+    def as_command(self, command: str, *args: str) -> "Job":
+        """This job recording, for a run it makes inside another command (a sweep's profile, search, fit,
+        TeaCache fit), the command line that makes that run on its own, so `reproduce` re-runs just that."""
+        from dataclasses import replace
+
+        if self.model_arg is None or self.argv[1:2] == [command]:
+            return self
+        argv = [self.argv[0] if self.argv else "ertacache", command, "--model", self.model_arg]
+        for s in self.sets:
+            argv += ["--set", s]
+        return replace(self, argv=argv + [str(a) for a in args], loaded_pipeline=self.loaded)
 
     @property
     def key(self) -> str:
