@@ -264,7 +264,7 @@ def calibrate_auto(sampler, samples, profile, identity: dict, target: tuple, fit
         cfg = CacheCfg(predictor="extrapolate", order=1)
         cached = search_plan(sampler, samples, profile.data, lam, cfg, identity, quiet).n_cached
     settings = AutoSettings(trials=trials, holdout=holdout, fit=fit_settings)
-    plan, rows = auto_search(sampler, samples, profile.latents, cached, identity, settings, quiet)
+    plan, rows = auto_search(sampler, samples, cached, identity, settings, quiet)
     if save_to is not None:
         save_auto(plan, rows, save_to)
     return plan

@@ -68,11 +68,11 @@ def auto_run(auto_env):
     return run_auto(auto_env, trials=12)
 
 
-def run_auto(env, ref=None, trials=12):
+def run_auto(env, trials=12):
     from ertacli.calibration.auto import AutoSettings, auto_search
 
     sampler, samples, profile, ident = env
-    return auto_search(sampler, samples, profile.latents if ref is None else ref, 2, ident, AutoSettings(trials=trials))
+    return auto_search(sampler, samples, 2, ident, AutoSettings(trials=trials))
 
 
 def test_velocity_profile_is_derived_from_a_hidden_one(auto_env):
@@ -92,8 +92,10 @@ def test_auto_beats_or_ties_its_plain_lambda_candidate_and_respects_budget(auto_
     assert 0 < len(rows) <= 12
     lam = next(r for r in rows if r["placement"].startswith("lambda") and r["predictor"] == "x1"
                and r["space"] == "hidden")
-    assert plan.auto["holdout_mse"] <= lam["holdout_mse"]
-    assert plan.auto["holdout_mse"] == min(r["holdout_mse"] for r in rows)
+    assert plan.auto["holdout_psnr"] >= lam["holdout_psnr"]
+    assert plan.auto["holdout_psnr"] == max(r["holdout_psnr"] for r in rows)
+    win = next(r for r in rows if r["trial"] == plan.auto["winner"]["trial"])
+    assert win["fit_psnr"] == plan.auto["fit_psnr"] and plan.auto["margin_db"] >= 0
     assert plan.method == "auto" and plan.n_cached >= 2 and plan.residual in ("hidden", "velocity")
     assert plan.auto["summary"].startswith("auto: won ")
     small, rows3 = run_auto(auto_env, trials=3)
@@ -102,16 +104,20 @@ def test_auto_beats_or_ties_its_plain_lambda_candidate_and_respects_budget(auto_
         run_auto(auto_env, trials=0)
 
 
-def test_every_choice_is_made_on_the_fit_part(auto_env, auto_run):
+def test_every_choice_is_made_on_the_fit_part(auto_env, auto_run, monkeypatch):
     """Changing the held-out references changes scores only: the fitted parts of each candidate stay."""
-    from ertacli.calibration.samples import split_holdout
+    from ertacli.calibration import auto
 
-    sampler, samples, profile, _ = auto_env
-    _, hold = split_holdout(samples, samples.unique_prompts(), 0.25)
-    ref = profile.latents.clone()
-    ref[hold] = ref[hold] + 0.05 * ref[hold].std()
+    made = auto.Trials.__init__
+
+    def shifted(self, sampler, hold_set, ref_hold, budget, advance):
+        ref_hold.media = (ref_hold.media + 0.05).clamp(0, 1)
+        ref_hold.latents = ref_hold.latents + 0.05 * ref_hold.latents.std()
+        made(self, sampler, hold_set, ref_hold, budget, advance)
+
+    monkeypatch.setattr(auto.Trials, "__init__", shifted)
     _, a = auto_run
-    _, b = run_auto(auto_env, ref=ref, trials=12)
+    _, b = run_auto(auto_env, trials=12)
     key = lambda r: (r["stage"], r["space"], r["predictor"], r["placement"], r["gain"], r["adjust"], r["rectify"])
     fitted = lambda r: (r["cached"], json.dumps(r["plan"].rectify, sort_keys=True),
                         json.dumps(r["plan"].predictor, sort_keys=True), r["plan"].adjusted_sigmas)
@@ -120,7 +126,7 @@ def test_every_choice_is_made_on_the_fit_part(auto_env, auto_run):
     assert any(k[0] == "families" and k[3].startswith("lambda") for k in common)
     for k in common:
         assert fa[k] == fb[k], k
-    sa, sb = {key(r): r["holdout_mse"] for r in a}, {key(r): r["holdout_mse"] for r in b}
+    sa, sb = {key(r): r["holdout_psnr"] for r in a}, {key(r): r["holdout_psnr"] for r in b}
     assert all(sa[k] != sb[k] for k in common)
 
 
@@ -200,3 +206,15 @@ def test_fit_placement_moves_use_the_fit_part_only(auto_env):
     b, _ = fit_plan(sampler, plan, profile.data, samples, ref, settings, 0.25)
     assert a.cached_steps == b.cached_steps and a.placement == b.placement
     assert a.fit["candidates"][0]["holdout_mse"] != b.fit["candidates"][0]["holdout_mse"]
+
+
+def test_ties_go_to_the_cheaper_then_the_simpler_candidate():
+    from ertacli.calibration.auto import rank_key
+
+    row = lambda trial, psnr, nfe=10, pred="x2", space="velocity", gain="1", adj=False: {
+        "trial": trial, "holdout_psnr": psnr, "nfe": nfe, "predictor": pred, "space": space, "gain": gain,
+        "adjust": adj, "rectify": False}
+    rows = [row(1, 30.0), row(2, 30.0, pred="reuse", gain="-"), row(3, 30.0, nfe=9), row(4, 31.0),
+            row(5, 30.0, space="hidden"), row(6, 30.0, pred="x1"), row(7, 30.0, gain="fitted"),
+            row(8, 30.0, adj=True), row(9, float("inf"))]
+    assert [r["trial"] for r in sorted(rows, key=rank_key)] == [9, 4, 3, 2, 6, 5, 1, 8, 7]

@@ -2,8 +2,9 @@
 
 The calibration set is split once (`split_holdout`). Everything fitted — the threshold searches, the profile
 statistics they normalise by, the corrections (adjust / rectify / gain) and the greedy placement refinement —
-uses the fit part only; every candidate is scored by the mean squared error of its final latents on the
-held-out part against the uncached references there (`latent_mse`). Stages, each a share of the budget of
+uses the fit part only; every candidate is scored on the held-out part by the PSNR of its decoded outputs
+against their uncached outputs (`output_psnr`: eval's PSNR, on 8-bit frames as run directories store them),
+ties to the cheaper candidate, then to the simpler one (`rank_key`). Stages, each a share of the budget of
 scored candidates (`trials`):
 
 1. families: the lambda threshold placement (search_target on the fit part) for hidden-space first- and
@@ -14,7 +15,8 @@ scored candidates (`trials`):
 4. refinement: greedy ±1 moves (optimize_placement, on the fit part) of the best placement.
 
 The winner is an ordinary plan (cached steps, predictor, residual space, optional corrections) with
-`method: auto` and the settings that won in `plan.auto`.
+`method: auto` and the settings that won in `plan.auto`; the winner and the runner-up are also scored on the fit
+part, so over-fitting shows (`fit_psnr` in auto.csv).
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..plan import Plan
 from ..progress import task
-from .fit import FitSettings, candidates, latent_mse, resolve_modes, score_candidates
+from .auto_report import PREDICTORS, label, margin_db, save_auto, settings_of, summary  # noqa: F401 (public here)
+from .fit import FitSettings, candidates, resolve_modes, score_candidates
 from .samples import Samples, split_holdout
 from .schedules import branch_counts, describe, feasible_schedules, schedule_grid
 from .search import Target, cached_for, search_target
 
-PREDICTORS = {"reuse": ("reuse", 1), "x1": ("extrapolate", 1), "x2": ("extrapolate", 2)}
 # threshold searches cost a dozen fit-part passes each: the presets' two extrapolating ones and velocity x2
 LAMBDA_FAMILIES = (("hidden", "x1"), ("hidden", "x2"), ("velocity", "x2"))
 REFINE_SCORES = 2
+SIMPLER = {"reuse": 0, "x1": 1, "x2": 2}  # tie order: reuse < extrapolate order 1 < order 2
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,39 @@ def schedule_plan(profile: dict, identity: dict, fit_set: Samples, space: str, p
                 model_class=profile.get("model_class"))
 
 
+def output_psnr(media, ref_media) -> float:
+    """Eval's PSNR (dB, data range 1, mean over frames) of each sample's 8-bit frames, summed over samples."""
+    from ..evaluation.metrics import psnr
+
+    q = lambda t: (t.clamp(0, 1) * 255).round() / 255
+    return sum(psnr(q(m), q(r)) for m, r in zip(media, ref_media))
+
+
+def scores(sampler, plan: Plan, samples: Samples, ref) -> tuple[float, float]:
+    """(mean PSNR of the decoded outputs, MSE of the final latents) of `plan` on `samples` against the uncached
+    outputs `ref` (a ProfileResult of the same samples)."""
+    from ..dist import all_sum
+    from .passes import apply_controller, calibration_pass
+
+    idx, mine = samples.mine()
+    ctl = apply_controller(plan, sampler.backbone.channel_dim, plan.coeffs(), plan.adjusted_sigmas)
+    out = calibration_pass(sampler, ctl, mine, "auto: score", True)
+    psnr_sum = all_sum(output_psnr(out.media, ref.media[idx]))
+    sq = all_sum(float(((out.latents.double() - ref.latents[idx].double()) ** 2).sum()))
+    return psnr_sum / len(samples), sq / all_sum(float(out.latents.numel()))
+
+
+def rank_key(r: dict) -> tuple:
+    """Best held-out PSNR first; ties to fewer calls, then the simpler settings, then the earlier trial."""
+    return (-r["holdout_psnr"], r["nfe"], SIMPLER[r["predictor"]], r["space"] != "hidden", r["gain"] == "fitted",
+            int(r["adjust"]) + int(r["rectify"]), r["trial"])
+
+
 class Trials:
     """The scored candidates so far, the budget, and the progress bar."""
 
     def __init__(self, sampler, hold_set: Samples, ref_hold, budget: int, advance):
-        self.sampler, self.hold_set, self.ref_hold = sampler, hold_set, ref_hold
+        self.sampler, self.hold_set, self.ref_hold = sampler, hold_set, ref_hold  # ref: the held-out uncached run
         self.budget, self.advance, self.rows = budget, advance, []
         self.seen: dict[tuple, dict] = {}
 
@@ -104,8 +135,8 @@ class Trials:
     def left(self) -> int:
         return self.budget - len(self.rows)
 
-    def score(self, plan: Plan, row: dict, mse: float | None = None) -> dict | None:
-        """Score `plan` on the held-out part (unless `mse` is known) and record it; None past the budget.
+    def score(self, plan: Plan, row: dict) -> dict | None:
+        """Score `plan` on the held-out part and record it; None past the budget.
 
         A plan identical to one already scored (same space, predictor, cached steps and corrections) is not
         scored again: the earlier row is returned and no trial is spent.
@@ -115,19 +146,18 @@ class Trials:
             return self.seen[key]
         if self.left <= 0:
             return None
-        if mse is None:
-            mse = latent_mse(self.sampler, plan, self.hold_set, self.ref_hold)
+        psnr, mse = scores(self.sampler, plan, self.hold_set, self.ref_hold)
         rec = {"trial": len(self.rows) + 1, **row, "cached": plan_cached(plan), "nfe": plan.nfe,
-               "holdout_mse": mse, "plan": plan}
+               "holdout_psnr": psnr, "holdout_mse": mse, "plan": plan}
         self.rows.append(rec)
         self.seen[key] = rec
         self.advance()
         return rec
 
     def ranked(self, **where) -> list[dict]:
-        """Scored rows (those matching `where`), best held-out MSE first; ties keep the earlier trial."""
+        """Scored rows (those matching `where`), best first (`rank_key`)."""
         rows = [r for r in self.rows if all(r.get(k) == v for k, v in where.items())]
-        return sorted(rows, key=lambda r: (r["holdout_mse"], r["trial"]))
+        return sorted(rows, key=rank_key)
 
 
 def plan_cached(plan: Plan) -> str:
@@ -220,13 +250,13 @@ def correct(ctx: Context, base: dict, modes: list) -> list[dict]:
         if ctx.trials.left <= 0:
             break
         (res,) = score_candidates(ctx.sampler, base["plan"], ctx.profile(base["space"]), ctx.fit_set,
-                                  ctx.trials.hold_set, ctx.trials.ref_hold, [mode], ctx.settings.fit, True)
+                                  ctx.trials.hold_set, None, [mode], ctx.settings.fit, validate=False)
         adj, rect, gn = mode
         row = {**{k: base[k] for k in ("space", "predictor", "placement", "lambda")}, "stage": "corrections",
                "gain": "fitted" if gn else base["gain"], "adjust": adj, "rectify": rect,
                "phi_summary": phi_summary(res["phis"]) if adj else None, "phis": res["phis"],
                "base_trial": base["trial"]}
-        out.append(ctx.trials.score(res["plan"], row, res["holdout_mse"]))
+        out.append(ctx.trials.score(res["plan"], row))
     return out
 
 
@@ -234,7 +264,7 @@ def stage_corrections(ctx: Context, cap: int) -> None:
     """The validated corrections of the best plain candidates (fewest parts first), within `cap` trials."""
     stop = len(ctx.trials.rows) + cap
     plain = sorted([r for r in ctx.trials.rows if not (r["adjust"] or r["rectify"] or r["gain"] == "fitted")],
-                   key=lambda r: (r["holdout_mse"], r["trial"]))
+                   key=rank_key)
     for base in plain[:ctx.settings.correct_top]:
         left = stop - len(ctx.trials.rows)
         if left <= 0:
@@ -259,7 +289,7 @@ def stage_refine(ctx: Context) -> None:
     if moved.cached_steps == base["plan"].cached_steps:
         return
     row = {**base, "stage": "refine", "placement": f"{base['placement']}+moves({moved.placement['trials']})"}
-    row = {k: v for k, v in row.items() if k not in ("trial", "plan", "cached", "nfe", "holdout_mse")}
+    row = {k: v for k, v in row.items() if k not in ("trial", "plan", "cached", "nfe", "holdout_mse", "holdout_psnr")}
     refined = ctx.trials.score(moved, row)
     mode = (best["adjust"], best["rectify"], best["gain"] == "fitted")
     if refined is not None and any(mode):
@@ -274,11 +304,12 @@ def split_budget(left: int, n_modes: int, top: int) -> tuple[int, int]:
     return left - refine - corr, corr
 
 
-def auto_search(sampler, samples: Samples, ref, target_cached: int, identity: dict, settings: AutoSettings,
+def auto_search(sampler, samples: Samples, target_cached: int, identity: dict, settings: AutoSettings,
                 quiet: bool = True) -> tuple[Plan, list[dict]]:
     """The best configuration at >= `target_cached` cached calls; returns (winner plan, every scored row).
 
-    `ref` are the uncached final latents of `samples` (the profile's); only its held-out rows are read.
+    Both parts are run uncached once here: the fit part's statistics drive every choice, the held-out part's
+    decoded outputs are the references the candidates are scored against.
     """
     from .profile import record_profile
 
@@ -288,11 +319,12 @@ def auto_search(sampler, samples: Samples, ref, target_cached: int, identity: di
     fit_idx, hold_idx = split_holdout(samples, prompts, settings.holdout)
     fit_set, hold_set = samples.subset(fit_idx), samples.subset(hold_idx)
     fit_profile = record_profile(sampler, fit_set, "hidden")
+    hold_ref = record_profile(sampler, hold_set, "hidden")  # the held-out references: outputs and latents
     branches = list(fit_profile.data["branches"])
     cached_for(branches, sampler.steps, len(branches) * sampler.steps - target_cached, identity["recipe"])
     with task(f"auto: {settings.trials} candidates", settings.trials, quiet) as advance:
         ctx = Context(sampler, fit_set, fit_profile, identity, int(target_cached), settings,
-                      Trials(sampler, hold_set, ref[hold_idx], int(settings.trials), advance))
+                      Trials(sampler, hold_set, hold_ref, int(settings.trials), advance))
         schedules = feasible_schedules(sampler.steps, ctx.counts(), schedule_grid(sampler.steps))
         stage_families(ctx, ctx.trials.left, schedules)
         sched, _ = split_budget(ctx.trials.left, 7, settings.correct_top)
@@ -303,78 +335,26 @@ def auto_search(sampler, samples: Samples, ref, target_cached: int, identity: di
 
 
 def winner_plan(ctx: Context, fit_set: Samples, hold_set: Samples) -> Plan:
-    """The best row's plan, with `method: auto` and `plan.auto` saying what won and by how much."""
+    """The best row's plan, with `method: auto` and `plan.auto` saying what won and by how much; the winner and
+    the runner-up are scored on the fit part too (`fit_psnr`)."""
     ranked = ctx.trials.ranked()
     if not ranked:
         raise UserError("auto scored no candidate: raise --auto-trials")
     best = ranked[0]
     runner = next((r for r in ranked[1:] if label(r) != label(best)), None)
+    for r in (best, runner):
+        if r is not None:
+            r["fit_psnr"] = scores(ctx.sampler, r["plan"], fit_set, ctx.fit_profile)[0]
     plan = best["plan"].copy(method="auto")
     plan.auto = {
-        "winner": settings_of(best), "holdout_mse": best["holdout_mse"],
-        "runner_up": settings_of(runner) if runner else None,
-        "runner_up_mse": runner["holdout_mse"] if runner else None,
+        "winner": settings_of(best), "holdout_psnr": best["holdout_psnr"], "fit_psnr": best["fit_psnr"],
+        "holdout_mse": best["holdout_mse"], "runner_up": settings_of(runner) if runner else None,
+        "runner_up_psnr": runner["holdout_psnr"] if runner else None,
         "margin_db": margin_db(best, runner), "target_cached": ctx.target, "trials": len(ctx.trials.rows),
         "budget": ctx.trials.budget, "fit_samples": fit_set.to_json(), "holdout_samples": hold_set.to_json(),
-        "score": "mean squared error of final latents on the held-out part vs uncached", "summary": summary(best, runner),
+        "score": "mean PSNR (dB) of the decoded held-out outputs against their uncached outputs, 8-bit frames",
+        "summary": summary(best, runner),
     }
     return plan
 
 
-def label(r: dict) -> str:
-    """e.g. x2/velocity/uniform(i=2,b=1,tail=2)+gain+adjust."""
-    parts = [f"{r['predictor']}/{r['space']}/{r['placement']}"]
-    parts += [name for name, on in (("gain", r["gain"] == "fitted"), ("adjust", r["adjust"]),
-                                    ("rectify", r["rectify"])) if on]
-    return "+".join(parts)
-
-
-def settings_of(r: dict) -> dict:
-    kind, order = PREDICTORS[r["predictor"]]
-    return {"label": label(r), "space": r["space"], "predictor": kind, "order": order, "placement": r["placement"],
-            "lambda": r["lambda"], "gain": r["gain"], "adjust": r["adjust"], "rectify": r["rectify"],
-            "stage": r["stage"], "trial": r["trial"]}
-
-
-def margin_db(best: dict, runner: dict | None) -> float | None:
-    if runner is None or not best["holdout_mse"] > 0:
-        return None
-    return 10 * math.log10(runner["holdout_mse"] / best["holdout_mse"])
-
-
-def summary(best: dict, runner: dict | None) -> str:
-    """The one line the CLI prints: what won, its held-out MSE and the margin over the runner-up."""
-    line = f"auto: won {label(best)}, held-out MSE {best['holdout_mse']:.4g}"
-    if runner is not None:
-        line += f" vs runner-up {label(runner)} {runner['holdout_mse']:.4g} ({margin_db(best, runner):+.2f} dB)"
-    return line
-
-
-CSV_COLUMNS = ("trial", "stage", "predictor", "space", "placement", "lambda", "gain", "adjust", "rectify",
-               "cached", "nfe", "holdout_mse", "db_vs_best", "winner", "phi_summary")
-
-
-def table_rows(rows: list[dict], plan: Plan) -> list[dict]:
-    """auto.csv: every scored candidate (settings, held-out MSE, dB behind the winner); the winner marked."""
-    win = plan.auto["winner"]["trial"]
-    best = plan.auto["holdout_mse"]
-    out = []
-    for r in rows:
-        db = 10 * math.log10(r["holdout_mse"] / best) if best > 0 and r["holdout_mse"] > 0 else 0.0
-        phi = r.get("phi_summary")
-        out.append({**{k: r.get(k) for k in CSV_COLUMNS}, "db_vs_best": round(db, 4), "winner": r["trial"] == win,
-                    "phi_summary": None if phi is None else
-                    f"{phi['zero']} at 0, {phi['partial']} in (0,1), {phi['one']} at 1 of {phi['cached']}"})
-    return out
-
-
-def save_auto(plan: Plan, rows: list[dict], folder) -> None:
-    """Write the plan folder: plan.json and auto.csv."""
-    import csv
-    from pathlib import Path
-
-    folder = Path(plan.save(folder))
-    with open(folder / "auto.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
-        w.writeheader()
-        w.writerows(table_rows(rows, plan))

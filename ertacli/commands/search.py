@@ -69,17 +69,15 @@ def run_auto(job: Job, lambdas: list[float], found: tuple, cached_steps: int | N
 
     from ..calibration.auto import AutoSettings, auto_search, save_auto
     from ..calibration.fit import FitSettings
-    from ..runs.artifacts import load_tensors
     from ..runs.tables import save_table
 
     profile, pdir = found
     pdir = Path(pdir)
     samples, ident = job.calibration(), job.identity(pdir)
     target = auto_target(job, profile, samples, lambdas, cached_steps, target_speedup, ident)
-    ref = load_tensors(pdir / "baseline_latents.safetensors")["latents"]
     settings = AutoSettings(trials=job.recipe.search.auto_trials, holdout=job.recipe.calibration.holdout,
                             fit=FitSettings.of(job.recipe.fit, optimize_placement=False))
-    plan, rows = auto_search(job.sampler, samples, ref, target, ident, settings, job.quiet)
+    plan, rows = auto_search(job.sampler, samples, target, ident, settings, job.quiet)
     with job.rundir("search") as run:
         job.start(run, "search", samples.seeds)
         folder = run.subdir("plans/auto")
