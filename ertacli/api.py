@@ -229,7 +229,7 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
                       str(getattr(pipe, "device", "cpu")), getattr(pipe.transformer, "dtype", None), micro_batch)
     samples = Samples.grid(list(prompts), [int(s) for s in seeds])
     identity = pipeline_identity(pipe, call_kwargs, cache_cfg.residual)
-    profile = record_profile(sampler, samples, cache_cfg.residual, quiet=quiet)
+    profile = record_profile(sampler, samples, cache_cfg.residual, quiet=quiet, holdout=holdout)
     if method == "auto":
         return calibrate_auto(sampler, samples, profile, identity, (lam, nfe, target_speedup), fit_settings,
                               holdout, auto_trials, save_to, quiet)

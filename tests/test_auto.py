@@ -218,3 +218,30 @@ def test_ties_go_to_the_cheaper_then_the_simpler_candidate():
             row(5, 30.0, space="hidden"), row(6, 30.0, pred="x1"), row(7, 30.0, gain="fitted"),
             row(8, 30.0, adj=True), row(9, float("inf"))]
     assert [r["trial"] for r in sorted(rows, key=rank_key)] == [9, 4, 3, 2, 6, 5, 1, 8, 7]
+
+
+def test_the_threshold_search_never_sees_the_held_out_part(auto_env):
+    """A split profile: its stats are the two parts' sums, and search_plan's placement depends on the fit part only
+    (corrupting the held-out part's statistics changes nothing it decides)."""
+    from ertacli.calibration.profile import fit_part, record_profile
+    from ertacli.calibration.search import search_plan
+    from ertacli.recipe import CacheCfg
+
+    sampler, samples, whole, ident = auto_env
+    split = record_profile(sampler, samples, "hidden", holdout=0.25).data
+    fit_set, fit_prof = fit_part(split, samples, 0.25)
+    assert len(fit_set) == 3 and split["split"]["held_out"] == [3]
+    alone = record_profile(sampler, fit_set, "hidden").data["stats"]
+    for b in split["stats"]:
+        assert fit_prof["stats"][b]["R"] == pytest.approx(alone[b]["R"], rel=1e-5)
+        assert split["stats"][b]["R"] == pytest.approx(whole.data["stats"][b]["R"], rel=1e-5)
+    cfg = CacheCfg(predictor="extrapolate")
+    a = search_plan(sampler, samples, split, 0.5, cfg, ident)
+    bent = {**split, "stats": {b: {k: [10 * x for x in v] for k, v in rows.items()} for b, rows in split["stats"].items()}}
+    b = search_plan(sampler, samples, bent, 0.5, cfg, ident)
+    assert a.cached_steps == b.cached_steps and a.search_errors == b.search_errors
+    assert a.calibration["digest"] == samples.digest() and a.calibration["searched_samples"] == 3
+    with pytest.raises(UserError, match="split with calibration.holdout 0.25"):
+        fit_part(split, samples, 0.5)
+    with pytest.raises(UserError, match="predates the held-out split"):
+        fit_part({k: v for k, v in split.items() if k != "split"}, samples)

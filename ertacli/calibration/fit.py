@@ -13,6 +13,7 @@ from itertools import product
 from ..errors import UserError
 from ..plan import Plan, coeffs_from
 from .passes import apply_controller, calibration_pass, gather_rows
+from .profile import fit_part
 from .samples import Samples, split_holdout
 
 MODES = ("auto", "on", "off")
@@ -158,7 +159,8 @@ def fit_plan(sampler, plan: Plan, profile: dict, samples: Samples, ref, settings
         from .placement import optimize_placement
 
         plan = optimize_placement(sampler, plan, fit_set, ref[fit_idx], settings.placement_trials or 0, quiet=quiet)
-    results = score_candidates(sampler, plan, profile, fit_set, hold_set, ref[hold_idx] if validate else None,
+    fit_profile = fit_part(profile, samples, holdout if validate else None)[1]  # phi's denominators: fit part only
+    results = score_candidates(sampler, plan, fit_profile, fit_set, hold_set, ref[hold_idx] if validate else None,
                                candidates(adjust, rectify, gain), settings, validate, quiet)
     best = choose(results, validate)
     plain = next((r["holdout_mse"] for r in results if not (r["adjust"] or r["rectify"] or r["gain"])), None)

@@ -34,22 +34,28 @@ def check_lambda(lam: float) -> float:
 
 def search_plan(sampler, samples: Samples, profile: dict, lam: float, cache_cfg, identity: dict,
                 quiet: bool = True) -> Plan:
-    """One lockstep calibration pass with the threshold decision at lambda; `identity` names the model."""
+    """One lockstep calibration pass with the threshold decision at lambda; `identity` names the model.
+
+    The pass and the ||R^gt_k|| it normalises by are the profile's fit part (`fit_part`): the held-out part that
+    fit validates on never shapes the placement. The plan records the whole calibration set it belongs to.
+    """
     from ..engine import SearchController
     from ..engine.predict import Predictor, predictor_spec
+    from .profile import fit_part
 
     T = sampler.steps
-    gt = {b: rows["R"] for b, rows in profile["stats"].items()}
+    fit_set, fit_profile = fit_part(profile, samples)
+    gt = {b: rows["R"] for b, rows in fit_profile["stats"].items()}
     pred = Predictor.from_plan(predictor_spec(cache_cfg), profile["base_sigmas"])
     ctl = SearchController(T, check_lambda(lam), gt, cache_cfg.residual, pred)
-    calibration_pass(sampler, ctl, samples.mine()[1], f"search lambda={lam:g}", quiet)
+    calibration_pass(sampler, ctl, fit_set.mine()[1], f"search lambda={lam:g}", quiet)
     branches = list(profile["branches"])
     return Plan(
         recipe=identity["recipe"], recipe_key=identity["recipe_key"], model_id=identity["model_id"], steps=T,
         scheduler=profile["scheduler"], residual=cache_cfg.residual, base_sigmas=profile["base_sigmas"],
         branches=branches, cached_steps={b: sorted(ctl.cached_steps.get(b, [])) for b in branches},
         sample_shape=profile["sample_shape"], lam=lam, predictor=pred.to_json(),
-        calibration={**samples.to_json(), "profile_run": identity.get("profile_run")},
+        calibration={**samples.to_json(), "searched_samples": len(fit_set), "profile_run": identity.get("profile_run")},
         search_errors={b: {str(k): e for k, e in sorted(ctl.errors[b].items())} for b in branches},
         model_class=profile.get("model_class"),
     )

@@ -23,7 +23,8 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
     samples = job.calibration()
     with job.rundir("profile") as run:
         job.start(run, "profile", samples.seeds)
-        res = record_profile(job.sampler, samples, job.recipe.cache.residual, keep_tensors, job.quiet)
+        res = record_profile(job.sampler, samples, job.recipe.cache.residual, keep_tensors, job.quiet,
+                             holdout=job.recipe.calibration.holdout)
         stats = res.data["stats"]
         run.write_json(PROFILE_FILE, {"recipe": job.recipe.name, "recipe_key": job.key, **res.data})
         save_tensors(run.file("baseline_latents.safetensors"), {"latents": res.latents})
@@ -37,9 +38,10 @@ def run_profile(job: Job, keep_tensors: bool = False) -> Path:
 
 
 def profile_matches(job: Job):
-    """Predicate: a profile made with this recipe's model/sampling settings and calibration set."""
-    digest = job.calibration().digest()
-    return lambda d: d.get("recipe_key") == job.key and d.get("calibration", {}).get("digest") == digest
+    """Predicate: a profile made with this recipe's model/sampling settings, calibration set and held-out split."""
+    digest, holdout = job.calibration().digest(), float(job.recipe.calibration.holdout)
+    split = lambda d: "split" in d and (d["split"] is None or d["split"].get("holdout") == holdout)
+    return lambda d: d.get("recipe_key") == job.key and d.get("calibration", {}).get("digest") == digest and split(d)
 
 
 def load_profile(path: Path | str, job: Job) -> tuple[dict, Path]:
