@@ -295,10 +295,24 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
     _show(df[[c for c in cols if c in df.columns]], f"sweep on {job.recipe.name} (full table: sweep.csv)")
     if picked:
         _say(f"chosen lambda: {picked['lambda']} ({picked['reason']})", "bold")
+    if nfes and compare:
+        from .runs.report import goal_cells
+
+        _show(goal_cells(df), "per NFE: best calibrated plan vs the best peer at matched NFE (goal.csv)")
     best = df[df["best_calibrated"] == True] if "best_calibrated" in df else df.iloc[0:0]  # noqa: E712
     _finish(rows_headline(best.to_dict("records") or df.to_dict("records")[:3], list(job.recipe.eval.metrics),
                           "best calibrated per NFE" if len(best) else f"{len(df)} rows")
             + "; sweep.csv, pareto.png, error_profile.png", path)
+
+
+@app.command("report")
+def report_cmd(run: str = typer.Argument(..., help="A matched-NFE sweep run directory (results/NAME/sweep-...)."),
+               goal_db: float = typer.Option(1.0, "--goal-db", help="The per-cell goal: best calibrated plan this many "
+                                             "dB PSNR above every peer's best matched row.")) -> None:
+    """A finished matched-NFE sweep as Markdown, from its sweep.csv: the compact table and the per-cell goal."""
+    from .runs.report import render
+
+    print(render(run, goal_db), end="")
 
 
 @app.command("reproduce")

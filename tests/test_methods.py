@@ -64,6 +64,37 @@ def test_sweep_matched_nfe_marks_best_calibrated(results, monkeypatch, capsys):
     plans = [json.loads((Path(p) / "plan.json").read_text()) for p in df["plan"]]
     assert [p["predictor"]["kind"] for p in plans] == ["reuse", "extrapolate"]
     assert (run / "pareto.png").is_file()
+    code, out, err = cli(monkeypatch, capsys, "report", str(run))
+    assert code == 0 and out.count("| 4 ") >= 2 and "no peer ran" in out  # no --compare: no peer rows
+
+
+def test_goal_cells_toy_arithmetic():
+    """Best calibrated minus the best peer with NFE <= target; our uniform cache and peers above the target never
+    count as the peer; the margin decides the verdict."""
+    import pandas as pd
+
+    from ertacli.runs.report import compact, goal_cells
+
+    rows = [("auto", 10, 10, 40.0, True), ("ertacache", 10, 10, 41.0, False), ("uniform cache", 10, 10, 44.0, False),
+            ("TeaCache", 10, 9.5, 38.5, False), ("MagCache", 10, 11, 45.0, False), ("SmoothCache", 10, None, None, False),
+            ("ertacache-x1", 8, 8, 30.0, True), ("TaylorSeer", 8, 8, 29.5, False)]
+    df = pd.DataFrame(rows, columns=["method", "target_nfe", "nfe", "psnr", "best_calibrated"])
+    got = goal_cells(df).to_dict("records")
+    assert [g["NFE"] for g in got] == [10, 8]
+    assert got[0]["best peer"].startswith("TeaCache") and got[0]["margin dB"] == 1.5
+    assert got[0]["goal (>= 1 dB)"] == "holds" and "MagCache NFE 11 45.00 dB" in got[0][
+        "peer rows above the target NFE (not matched)"]
+    assert got[1]["margin dB"] == 0.5 and got[1]["goal (>= 1 dB)"] == "does not hold"
+    assert goal_cells(df, goal_db=0.5).to_dict("records")[1]["goal (>= 0.5 dB)"] == "holds"
+    assert compact(df)["method"].iloc[0] == "**auto** (best calibrated)"
+
+
+def test_report_refuses_what_is_not_a_matched_sweep(results, monkeypatch, capsys, tmp_path):
+    code, _, err = cli(monkeypatch, capsys, "report", str(tmp_path))
+    assert code == 2 and "no sweep.csv" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "sweep.csv").write_text("method,lambda,psnr\nertacache,0.1,30\n")
+    code, _, err = cli(monkeypatch, capsys, "report", str(tmp_path))
+    assert code == 2 and "no column 'target_nfe'" in err
 
 
 def test_sweep_nfe_out_of_range(results, monkeypatch, capsys):

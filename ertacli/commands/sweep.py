@@ -170,6 +170,10 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
     with job.rundir("sweep") as run:
         job.start(run, "sweep", samples.seeds)
         save_table(df, run.path, "sweep")
+        if nfes and compare_peers:
+            from ..runs.report import goal_cells
+
+            save_table(goal_cells(df), run.path, "goal")
         plot_pareto(df, run.file("pareto.png"), f"{job.recipe.name}: quality vs measured speedup",
                     tuple(m for m in job.recipe.eval.metrics if m != "digit-acc") or ("psnr",))
         plot_error_profile(profiled_plans(df), run.file("error_profile.png"),
