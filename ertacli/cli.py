@@ -3,101 +3,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cli_options import (AutoTrialsOpt, CompareOpt, CompileOpt, DeviceOpt, LambdaOpt, MethodOpt, ModelOpt, PlanOpt, PredictorOpt,
+from .cli_options import (AutoTrialsOpt, CompareOpt, CompileOpt, DeviceOpt, LambdaOpt, MethodOpt, ModelOpt, PredictorOpt,
                           PromptOpt, PromptsOpt, QuietOpt, SamplesOpt, SeedOpt, SetOpt, deprecated, integers,
                           lambdas as parse_lambdas, predictor_overrides, auto_sets)
+from .cli_app import app, finish, make_job, say, show
 from .errors import UserError
-
-app = typer.Typer(name="ertacache", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                  help="Calibrated feature caching (ERTACache) for diffusion transformers: "
-                       "profile -> search -> fit -> generate -> eval.")
-
-
-def _job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False, compile_: bool = False,
-         method: Optional[str] = None):
-    from .runs.job import Job
-
-    job = Job.make(model, sets, device, quiet=quiet, method=method)
-    job.compile = compile_  # every session on this pipeline runs its blocks compiled (baseline included)
-    return job
-
-
-def _show(df_or_rows, title: str) -> None:
-    from .runs.console import show
-    from .runs.headlines import with_spread
-
-    import pandas as pd
-
-    df = df_or_rows if isinstance(df_or_rows, pd.DataFrame) else pd.DataFrame(df_or_rows)
-    show(with_spread(df), title)
-
-
-def _finish(summary: str, path=None) -> None:
-    from .runs.console import finish
-
-    finish(summary, path)
-
-
-def _say(text: str, style: str | None = None, stderr: bool = False) -> None:
-    from .runs.console import say
-
-    say(text, style, stderr)
-
-
-@app.command("recipes")
-def recipes_cmd(methods: bool = typer.Option(False, "--methods", hidden=True,
-                                             help="Deprecated: use `ertacache methods`.")) -> None:
-    """List the recipes: name, pipeline class, steps, size/frames, branches, method, and where each was found."""
-    from .assets import available_recipes
-    from .backbones import get_backbone
-    from .presets import preset_of
-    from .recipe import list_recipes
-
-    if methods:
-        deprecated("recipes", "--methods")
-        return methods_cmd()
-    rows = []
-    origin = {found.name: found.origin for found in available_recipes()}
-    for name, r in list_recipes():
-        if isinstance(r, str):
-            rows.append({"name": name, "pipeline": "-", "steps": None, "size": "-", "branches": f"invalid: {r}",
-                         "from": origin.get(name, "-")})
-            continue
-        s = r.sampling
-        size = f"{s.width}x{s.height}" + (f"x{s.frames}f" if s.frames else "")
-        rows.append({"name": name, "pipeline": r.model.pipeline, "steps": s.steps, "size": size,
-                     "branches": ",".join(get_backbone(r.model.pipeline).branches), "method": preset_of(r),
-                     "source": r.model.path or r.model.source, "from": origin.get(name, "-")})
-    _show(rows, "recipes (lookup order: ./recipes, $ERTACACHE_RECIPES, bundled)")
-    _finish(f"{len(rows)} recipes ({sum(isinstance(r, str) for _, r in list_recipes())} invalid)")
-
-
-@app.command("methods")
-def methods_cmd() -> None:
-    """List the --method presets: what each is and the recipe overrides it applies."""
-    from .presets import METHODS
-
-    _show([{"method": k, "what": m.summary, "overrides": " ".join(m.overrides)} for k, m in METHODS.items()],
-          "--method presets (applied over the recipe, under --set)")
-    _finish(f"{len(METHODS)} presets; `--method ertacache` is the paper's method")
-
-
-@app.command("validate")
-def validate_cmd(recipe: str = typer.Argument(..., help="Recipe name or path."), sets: Optional[List[str]] = SetOpt) -> None:
-    """Check one recipe: schema, includes, backbone, prompt files."""
-    from .backbones import get_backbone
-    from .recipe import resolve_recipe
-
-    r = resolve_recipe(recipe, sets or [])
-    get_backbone(r.model.pipeline)
-    n_cal, n_eval = len(r.read_prompts("calibration")), len(r.read_prompts("eval"))
-    _finish(f"ok {r.name}: {r.model.pipeline}, {r.sampling.steps} steps, {n_cal} calibration prompts x "
-            f"{len(r.calibration.seeds)} seeds, {n_eval} eval prompts")
 
 
 @app.command("profile")
@@ -109,14 +23,14 @@ def profile_cmd(model: str = ModelOpt, sets: Optional[List[str]] = SetOpt, devic
 
     from .commands.profile import memory_estimate, run_profile
 
-    job = _job(model, sets, device, quiet)
+    job = make_job(model, sets, device, quiet)
     estimate = memory_estimate(job)
     if estimate:
-        _say(estimate, stderr=True)
+        say(estimate, stderr=True)
     path = run_profile(job, keep_tensors=save_tensors)
     stats = pd.read_csv(path / "stats.csv")
-    _show(stats.round(4), "profile: per-step statistics")
-    _finish(f"profiled {len(job.calibration())} calibration samples x {job.recipe.sampling.steps} steps, "
+    show(stats.round(4), "profile: per-step statistics")
+    finish(f"profiled {len(job.calibration())} calibration samples x {job.recipe.sampling.steps} steps, "
             f"branches {', '.join(stats['branch'].unique())}", path)
 
 
@@ -128,12 +42,12 @@ def teacache_fit_cmd(model: str = ModelOpt, sets: Optional[List[str]] = SetOpt, 
 
     from .commands.teacache_fit import run_teacache_fit
 
-    path = run_teacache_fit(_job(model, sets, device, quiet))
+    path = run_teacache_fit(make_job(model, sets, device, quiet))
     fit = json.loads(path.read_text())
-    _show([{"degree": fit["degree"], "r2": round(fit["r2"], 4), "rms_residual": fit["rms_residual"],
+    show([{"degree": fit["degree"], "r2": round(fit["r2"], 4), "rms_residual": fit["rms_residual"],
             "points": fit["points"], "input": fit["input"],
             "coefficients": ", ".join(f"{c:.6g}" for c in fit["coefficients"])}], "TeaCache fit")
-    _finish(f"TeaCache polynomial of degree {fit['degree']} on {fit['points']} points, R2 {fit['r2']:.4f}", path.parent)
+    finish(f"TeaCache polynomial of degree {fit['degree']} on {fit['points']} points, R2 {fit['r2']:.4f}", path.parent)
 
 
 @app.command("search")
@@ -153,14 +67,14 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
     from .runs.headlines import num
 
     sets = list(sets or []) + predictor_overrides(predictor, order) + auto_sets(auto_trials)
-    job = _job(model, sets, device, quiet, method=method)
+    job = make_job(model, sets, device, quiet, method=method)
     targets = integers(nfe, "--nfe")
     if len(targets) > 1:
         raise UserError("search takes one --nfe target (sweep compares several)")
     path, df = run_search(job, parse_lambdas(lambdas) or list(job.recipe.search.lambdas), profile, cached_steps,
                           target_speedup, targets[0] if targets else None)
-    _show(df.drop(columns=["cached"]), "search: one plan per lambda")
-    _finish("; ".join(f"lambda {num(r['lambda'])}: {r['cached_steps']} cached, NFE {r['nfe']}, predicted "
+    show(df.drop(columns=["cached"]), "search: one plan per lambda")
+    finish("; ".join(f"lambda {num(r['lambda'])}: {r['cached_steps']} cached, NFE {r['nfe']}, predicted "
                       f"{r['predicted_speedup']:.2f}x" for r in df.to_dict("records")), path)
 
 
@@ -178,7 +92,7 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
     from .commands.fit import run_fit
     from .runs.headlines import num
 
-    path, final = run_fit(_job(model, sets, device, quiet, method=method), plan, adjust, rectify, gain,
+    path, final = run_fit(make_job(model, sets, device, quiet, method=method), plan, adjust, rectify, gain,
                           optimize_placement or None, placement_trials)
     dec = final.fit["decision"]
     key = lambda c: (c["adjust"], c["rectify"], c.get("gain", False))
@@ -188,16 +102,16 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
             for c in final.fit["candidates"]]
     if final.placement:
         pl = final.placement
-        _say(f"placement: calibration L1 {pl['before']:.6g} -> {pl['after']:.6g} in {pl['trials']} trials")
+        say(f"placement: calibration L1 {pl['before']:.6g} -> {pl['after']:.6g} in {pl['trials']} trials")
     for c in final.fit["candidates"]:  # every adjusting candidate's phi, chosen or not
         ph = c.get("phi_summary")
         if ph:
-            _say(f"phi (adjust, rectify={c['rectify']}, gain={c.get('gain', False)}) over {ph['cached']} cached steps: "
+            say(f"phi (adjust, rectify={c['rectify']}, gain={c.get('gain', False)}) over {ph['cached']} cached steps: "
                  f"{ph['zero']} at 0, {ph['partial']} in (0,1), {ph['one']} at 1; min/median/max "
                  f"{ph['min']}/{ph['median']}/{ph['max']}")
-    _show(rows, "fit: candidates on held-out prompts (lower MSE wins)")
+    show(rows, "fit: candidates on held-out prompts (lower MSE wins)")
     chosen = next(r for r in rows if r["chosen"])
-    _finish(f"kept adjust={dec['adjust']} rectify={dec['rectify']} gain={dec.get('gain', False)}; held-out MSE "
+    finish(f"kept adjust={dec['adjust']} rectify={dec['rectify']} gain={dec.get('gain', False)}; held-out MSE "
             f"{num(chosen['holdout_mse'])}", path)
 
 
@@ -222,11 +136,11 @@ def generate_cmd(model: Optional[str] = typer.Option(None, "--model", "-m", help
         job, samples, plan, resume = resume_job(resume, opts, quiet)
         path = run_generate(job, samples, plan, resume=resume)
     else:
-        job = _job(model or "tiny-flux", sets, device, quiet, compile_)
+        job = make_job(model or "tiny-flux", sets, device, quiet, compile_)
         path = run_generate(job, job.eval_samples(prompt, prompts, seed), plan)
     df = pd.read_csv(path / "samples.csv")
-    _show(df[["index", "prompt", "seed", "nfe", "seconds", "file"]], "generate")
-    _finish(f"{len(df)} samples ({'plan' if plan else 'uncached'}), NFE {df['nfe'].mean():g} per sample, median "
+    show(df[["index", "prompt", "seed", "nfe", "seconds", "file"]], "generate")
+    finish(f"{len(df)} samples ({'plan' if plan else 'uncached'}), NFE {df['nfe'].mean():g} per sample, median "
             f"{df['seconds'].median():.3g} s per sample; grid.png", path)
 
 
@@ -244,18 +158,18 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
     from .commands.eval import quality_gate, run_eval
     from .runs.headlines import eval_headline
 
-    job = _job(model, sets, device, quiet, compile_)
+    job = make_job(model, sets, device, quiet, compile_)
     path, summary, peers = run_eval(job, job.eval_samples(prompt, prompts, seed), plan, run, with_peers=compare,
                                     vbench=vbench)
-    _show([{"quantity": k, "value": v} for k, v in summary.items()], "eval: cached vs uncached baseline")
+    show([{"quantity": k, "value": v} for k, v in summary.items()], "eval: cached vs uncached baseline")
     if peers:
-        _show([{k: v for k, v in r.items() if k not in ("run", "plan")} for r in peers], "peers at the plan's NFE")
-    _finish(eval_headline(summary, list(job.recipe.eval.metrics)), path)
+        show([{k: v for k, v in r.items() if k not in ("run", "plan")} for r in peers], "peers at the plan's NFE")
+    finish(eval_headline(summary, list(job.recipe.eval.metrics)), path)
     failures = quality_gate(path, min_psnr, max_lpips)
     if failures:
-        _say(f"quality gate failed: {failures[0]}", "bold red", stderr=True)
+        say(f"quality gate failed: {failures[0]}", "bold red", stderr=True)
         for line in failures[1:]:
-            _say(f"  {line}", stderr=True)
+            say(f"  {line}", stderr=True)
         raise typer.Exit(1)
 
 
@@ -282,7 +196,7 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
             deprecated("sweep", old)
     pick_speedup = pick_speedup if pick_speedup is not None else old_speedup
     pick_psnr = pick_psnr if pick_psnr is not None else old_psnr
-    job = _job(model, list(sets or []) + auto_sets(auto_trials), device, quiet, method=method)
+    job = make_job(model, list(sets or []) + auto_sets(auto_trials), device, quiet, method=method)
     names = [m.strip() for m in methods.split(",")] if methods else None
     for name in names or []:
         method_overrides(name)
@@ -292,53 +206,17 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
                                  pick_speedup, pick_psnr, nfes, names, samples)
     cols = ["method", "target_nfe", "lambda", "setting", "nfe", "ideal_speedup", "speedup", "speedup_q1", "speedup_q3",
             "timing_note", *job.recipe.eval.metrics, "calib_psnr", "best_calibrated", "note"]
-    _show(df[[c for c in cols if c in df.columns]], f"sweep on {job.recipe.name} (full table: sweep.csv)")
+    show(df[[c for c in cols if c in df.columns]], f"sweep on {job.recipe.name} (full table: sweep.csv)")
     if picked:
-        _say(f"chosen lambda: {picked['lambda']} ({picked['reason']})", "bold")
+        say(f"chosen lambda: {picked['lambda']} ({picked['reason']})", "bold")
     if nfes and compare:
         from .runs.report import goal_cells
 
-        _show(goal_cells(df), "per NFE: best calibrated plan vs the best peer at matched NFE (goal.csv)")
+        show(goal_cells(df), "per NFE: best calibrated plan vs the best peer at matched NFE (goal.csv)")
     best = df[df["best_calibrated"] == True] if "best_calibrated" in df else df.iloc[0:0]  # noqa: E712
-    _finish(rows_headline(best.to_dict("records") or df.to_dict("records")[:3], list(job.recipe.eval.metrics),
+    finish(rows_headline(best.to_dict("records") or df.to_dict("records")[:3], list(job.recipe.eval.metrics),
                           "best calibrated per NFE" if len(best) else f"{len(df)} rows")
             + "; sweep.csv, pareto.png, error_profile.png", path)
-
-
-@app.command("report")
-def report_cmd(run: str = typer.Argument(..., help="A matched-NFE sweep run directory (results/NAME/sweep-...)."),
-               goal_db: float = typer.Option(1.0, "--goal-db", help="The per-cell goal: best calibrated plan this many "
-                                             "dB PSNR above every peer's best matched row.")) -> None:
-    """A finished matched-NFE sweep as Markdown, from its sweep.csv: the compact table and the per-cell goal."""
-    from .runs.report import render
-
-    print(render(run, goal_db), end="")
-
-
-@app.command("reproduce")
-def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re-run and compare.")) -> None:
-    """Re-run a run directory's exact command and report whether the outputs match."""
-    from .commands.reproduce import run_reproduce
-
-    new, df, ok, note = run_reproduce(Path(run_dir))
-    _show(df, "reproduce: " + ("exact match" if ok else "MISMATCH"))
-    _say(note)
-    bad = int((df["status"] != "match").sum()) if len(df) else 0
-    _finish(f"{'exact match' if ok else 'MISMATCH'}: {len(df) - bad} of {len(df)} files match", new)
-    if not ok:
-        raise typer.Exit(1)
-
-
-@app.command("runs")
-def runs_cmd(clean: bool = typer.Option(False, "--clean", help="Remove the ones holding no finished sample.")) -> None:
-    """Incomplete run directories (.tmp-*): status, finished samples and the command that resumes each."""
-    from .commands.runs import clean_runs, incomplete_runs
-
-    rows = incomplete_runs()
-    removed = clean_runs(rows) if clean else []
-    _show([{k: v for k, v in r.items() if k != "cleanable"} for r in rows if r["run"] not in removed] or
-          [{"run": "none"}], "incomplete runs" + (f" ({len(removed)} empty ones removed)" if clean else ""))
-    _finish(f"{len(rows)} incomplete runs" + (f", {len(removed)} holding nothing removed" if clean else ""))
 
 
 @app.command("demo")
@@ -351,36 +229,12 @@ def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
     from .commands.demo import run_demo
     from .runs.headlines import rows_headline
 
-    job = _job(model, sets, device, quiet, method=method)
+    job = make_job(model, sets, device, quiet, method=method)
     path, df, abl = run_demo(job, parse_lambdas(lambdas) or list(job.recipe.search.lambdas), ablation, samples)
-    _show(df, f"ERTACache on {job.recipe.name}: validated fit per lambda vs uncached")
+    show(df, f"ERTACache on {job.recipe.name}: validated fit per lambda vs uncached")
     if len(abl):
-        _show(abl, "ablation (paper Table 3) at one lambda, same cached steps per row")
-    _finish(rows_headline(df.to_dict("records")[1:], list(job.recipe.eval.metrics), "validated plans"), path)
-
-
-@app.command("estimate")
-def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of eval prompts."),
-                 old_prompts: Optional[int] = typer.Option(None, "--prompts", hidden=True, help="Deprecated: --n-prompts."),
-                 seeds: int = typer.Option(5, "--seeds", help="Videos per prompt."),
-                 baseline_seconds: float = typer.Option(..., "--baseline-seconds", help="Measured uncached latency per video."),
-                 cached_seconds: float = typer.Option(..., "--cached-seconds", help="Measured cached latency per video."),
-                 gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts, comma list."),
-                 calibration_prompts: int = typer.Option(0, "--calibration-prompts", help="Number of calibration prompts."),
-                 calibration_passes: int = typer.Option(0, "--calibration-passes", help="profile + search + fit passes.")) -> None:
-    """Expected wall time of a data-parallel eval (baseline + cached) on N GPUs, from measured latencies."""
-    from .commands.estimate import estimate_rows
-
-    if old_prompts is not None:
-        deprecated("estimate", "--prompts")
-    n_prompts = n_prompts if n_prompts is not None else old_prompts
-    if n_prompts is None:
-        raise UserError("estimate needs --n-prompts N (the number of eval prompts)")
-    counts = integers([gpus], "--gpus")
-    rows = estimate_rows(n_prompts, seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
-                         calibration_prompts)
-    _show(rows, "estimated wall time (hours), perfect data parallelism over prompts")
-    _finish("; ".join(f"{r['gpus']} GPUs: {r['total_hours']:.3g} h" for r in rows))
+        show(abl, "ablation (paper Table 3) at one lambda, same cached steps per row")
+    finish(rows_headline(df.to_dict("records")[1:], list(job.recipe.eval.metrics), "validated plans"), path)
 
 
 @app.command("bench")
@@ -396,8 +250,8 @@ def bench_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt, s
     job = bench_job(model, sets, device, quiet, method)
     job.compile = compile_
     path, df, rows = run_bench(job, parse_lambdas(lambdas) or list(job.recipe.search.lambdas), samples, ablation)
-    _show(df, f"bench: ERTACache on {job.recipe.name} (bench.csv, resources.json)")
-    _finish(rows_headline(rows, list(job.recipe.eval.metrics), "bench"), path)
+    show(df, f"bench: ERTACache on {job.recipe.name} (bench.csv, resources.json)")
+    finish(rows_headline(rows, list(job.recipe.eval.metrics), "bench"), path)
 
 
 @app.command("overhead")
@@ -413,37 +267,21 @@ def overhead_cmd(model: str = ModelOpt,
     from .commands.overhead import PREDICTORS, run_overhead
 
     check_device(device)
-    job = _job(model, sets, device, quiet, compile_)
+    job = make_job(model, sets, device, quiet, compile_)
     path, df = run_overhead(job, list(ratios or [0.5]), list(predictors or PREDICTORS))
-    _show(df.round(3), f"overhead: {job.recipe.name} on {job.device} (overhead.csv)")
-    _finish("; ".join(f"{r['predictor']} ideal {r['ideal']:.2f}x: {r['speedup']:.2f}x ({r['of ideal']:.0%})"
+    show(df.round(3), f"overhead: {job.recipe.name} on {job.device} (overhead.csv)")
+    finish("; ".join(f"{r['predictor']} ideal {r['ideal']:.2f}x: {r['speedup']:.2f}x ({r['of ideal']:.0%})"
                       for r in df.to_dict("records")), path)
 
 
-@app.command("export")
-def export_cmd(plan: str = typer.Argument(..., help="Plan folder (or a search/fit run holding one plan)."),
-               to: str = typer.Option("cache-dit", "--to", help="Target format: cache-dit (steps_computation_mask)."),
-               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: PLAN/<to>.json)."),
-               branch: Optional[str] = typer.Option(None, "--branch", help="Export this branch's cached steps "
-                                                    "(default: steps every branch caches).")) -> None:
-    """Write a plan's computed-step mask for another caching library (what carries over is listed in the file)."""
-    from .export import read_export, write_export
-    from .plan import load_plan
-
-    loaded = load_plan(plan)
-    path = write_export(loaded, out or loaded.folder / f"{to}.json", to=to, branch=branch, source=loaded.folder)
-    data = read_export(path)
-    mask = "".join(str(int(v)) for v in data["steps_computation_mask"])
-    for line in data["does_not_carry_over"]:
-        _say(f"not carried over: {line}", "yellow")
-    _finish(f"steps_computation_mask ({data['num_inference_steps']} steps, 1 = compute) {mask}; wrote {path}")
+from . import cli_tools  # noqa: E402,F401  (registers the inspection commands on app)
 
 
 def _fail(message: Optional[str], exc: BaseException, code: int, label: str = "error") -> None:
     """Print one line (the error, then what the run kept and how to resume it, also through click's Abort), exit."""
     note = next((e.ertacache_note for e in (exc, exc.__cause__, exc.__context__) if hasattr(e, "ertacache_note")), None)
     line = "; ".join(x for x in (message, note) if x) or "stopped before any run directory was written"
-    _say(f"{label}: {line}", "bold red", stderr=True)
+    say(f"{label}: {line}", "bold red", stderr=True)
     sys.exit(code)
 
 

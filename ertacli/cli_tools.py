@@ -1,0 +1,143 @@
+"""`ertacache` commands that inspect and carry results: recipes, methods, validate, report, reproduce, runs, estimate,
+export (the calibration loop's commands are in cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli_app import app, finish, say, show
+from .cli_options import SetOpt, deprecated, integers
+from .errors import UserError
+
+
+@app.command("recipes")
+def recipes_cmd(methods: bool = typer.Option(False, "--methods", hidden=True,
+                                             help="Deprecated: use `ertacache methods`.")) -> None:
+    """List the recipes: name, pipeline class, steps, size/frames, branches, method, and where each was found."""
+    from .assets import available_recipes
+    from .backbones import get_backbone
+    from .presets import preset_of
+    from .recipe import list_recipes
+
+    if methods:
+        deprecated("recipes", "--methods")
+        return methods_cmd()
+    rows = []
+    origin = {found.name: found.origin for found in available_recipes()}
+    for name, r in list_recipes():
+        if isinstance(r, str):
+            rows.append({"name": name, "pipeline": "-", "steps": None, "size": "-", "branches": f"invalid: {r}",
+                         "from": origin.get(name, "-")})
+            continue
+        s = r.sampling
+        size = f"{s.width}x{s.height}" + (f"x{s.frames}f" if s.frames else "")
+        rows.append({"name": name, "pipeline": r.model.pipeline, "steps": s.steps, "size": size,
+                     "branches": ",".join(get_backbone(r.model.pipeline).branches), "method": preset_of(r),
+                     "source": r.model.path or r.model.source, "from": origin.get(name, "-")})
+    show(rows, "recipes (lookup order: ./recipes, $ERTACACHE_RECIPES, bundled)")
+    finish(f"{len(rows)} recipes ({sum(isinstance(r, str) for _, r in list_recipes())} invalid)")
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List the --method presets: what each is and the recipe overrides it applies."""
+    from .presets import METHODS
+
+    show([{"method": k, "what": m.summary, "overrides": " ".join(m.overrides)} for k, m in METHODS.items()],
+          "--method presets (applied over the recipe, under --set)")
+    finish(f"{len(METHODS)} presets; `--method ertacache` is the paper's method")
+
+
+@app.command("validate")
+def validate_cmd(recipe: str = typer.Argument(..., help="Recipe name or path."), sets: Optional[List[str]] = SetOpt) -> None:
+    """Check one recipe: schema, includes, backbone, prompt files."""
+    from .backbones import get_backbone
+    from .recipe import resolve_recipe
+
+    r = resolve_recipe(recipe, sets or [])
+    get_backbone(r.model.pipeline)
+    n_cal, n_eval = len(r.read_prompts("calibration")), len(r.read_prompts("eval"))
+    finish(f"ok {r.name}: {r.model.pipeline}, {r.sampling.steps} steps, {n_cal} calibration prompts x "
+            f"{len(r.calibration.seeds)} seeds, {n_eval} eval prompts")
+
+
+@app.command("report")
+def report_cmd(run: str = typer.Argument(..., help="A matched-NFE sweep run directory (results/NAME/sweep-...)."),
+               goal_db: float = typer.Option(1.0, "--goal-db", help="The per-cell goal: best calibrated plan this many "
+                                             "dB PSNR above every peer's best matched row.")) -> None:
+    """A finished matched-NFE sweep as Markdown, from its sweep.csv: the compact table and the per-cell goal."""
+    from .runs.report import render
+
+    print(render(run, goal_db), end="")
+
+
+@app.command("reproduce")
+def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re-run and compare.")) -> None:
+    """Re-run a run directory's exact command and report whether the outputs match."""
+    from .commands.reproduce import run_reproduce
+
+    new, df, ok, note = run_reproduce(Path(run_dir))
+    show(df, "reproduce: " + ("exact match" if ok else "MISMATCH"))
+    say(note)
+    bad = int((df["status"] != "match").sum()) if len(df) else 0
+    finish(f"{'exact match' if ok else 'MISMATCH'}: {len(df) - bad} of {len(df)} files match", new)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("runs")
+def runs_cmd(clean: bool = typer.Option(False, "--clean", help="Remove the ones holding no finished sample.")) -> None:
+    """Incomplete run directories (.tmp-*): status, finished samples and the command that resumes each."""
+    from .commands.runs import clean_runs, incomplete_runs
+
+    rows = incomplete_runs()
+    removed = clean_runs(rows) if clean else []
+    show([{k: v for k, v in r.items() if k != "cleanable"} for r in rows if r["run"] not in removed] or
+          [{"run": "none"}], "incomplete runs" + (f" ({len(removed)} empty ones removed)" if clean else ""))
+    finish(f"{len(rows)} incomplete runs" + (f", {len(removed)} holding nothing removed" if clean else ""))
+
+
+@app.command("estimate")
+def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of eval prompts."),
+                 old_prompts: Optional[int] = typer.Option(None, "--prompts", hidden=True, help="Deprecated: --n-prompts."),
+                 seeds: int = typer.Option(5, "--seeds", help="Videos per prompt."),
+                 baseline_seconds: float = typer.Option(..., "--baseline-seconds", help="Measured uncached latency per video."),
+                 cached_seconds: float = typer.Option(..., "--cached-seconds", help="Measured cached latency per video."),
+                 gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts, comma list."),
+                 calibration_prompts: int = typer.Option(0, "--calibration-prompts", help="Number of calibration prompts."),
+                 calibration_passes: int = typer.Option(0, "--calibration-passes", help="profile + search + fit passes.")) -> None:
+    """Expected wall time of a data-parallel eval (baseline + cached) on N GPUs, from measured latencies."""
+    from .commands.estimate import estimate_rows
+
+    if old_prompts is not None:
+        deprecated("estimate", "--prompts")
+    n_prompts = n_prompts if n_prompts is not None else old_prompts
+    if n_prompts is None:
+        raise UserError("estimate needs --n-prompts N (the number of eval prompts)")
+    counts = integers([gpus], "--gpus")
+    rows = estimate_rows(n_prompts, seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
+                         calibration_prompts)
+    show(rows, "estimated wall time (hours), perfect data parallelism over prompts")
+    finish("; ".join(f"{r['gpus']} GPUs: {r['total_hours']:.3g} h" for r in rows))
+
+
+@app.command("export")
+def export_cmd(plan: str = typer.Argument(..., help="Plan folder (or a search/fit run holding one plan)."),
+               to: str = typer.Option("cache-dit", "--to", help="Target format: cache-dit (steps_computation_mask)."),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: PLAN/<to>.json)."),
+               branch: Optional[str] = typer.Option(None, "--branch", help="Export this branch's cached steps "
+                                                    "(default: steps every branch caches).")) -> None:
+    """Write a plan's computed-step mask for another caching library (what carries over is listed in the file)."""
+    from .export import read_export, write_export
+    from .plan import load_plan
+
+    loaded = load_plan(plan)
+    path = write_export(loaded, out or loaded.folder / f"{to}.json", to=to, branch=branch, source=loaded.folder)
+    data = read_export(path)
+    mask = "".join(str(int(v)) for v in data["steps_computation_mask"])
+    for line in data["does_not_carry_over"]:
+        say(f"not carried over: {line}", "yellow")
+    finish(f"steps_computation_mask ({data['num_inference_steps']} steps, 1 = compute) {mask}; wrote {path}")
