@@ -305,13 +305,13 @@ def main() -> None:
         _fail(None, exc, 130, "interrupted")
     except OSError as exc:
         _fail(os_error_message(exc), exc, 2)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except Exception as exc:  # click's usage errors (Typer's own copy of click: recognised by their interface)
+        if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        what = "options" if ctx is not None and " " in ctx.command_path else "commands"
+        hint = f" (`{ctx.command_path} --help` lists the {what})" if ctx is not None else ""
+        _fail(" ".join(str(exc.format_message()).split()) + hint, exc, exc.exit_code)
     finally:
         signal.signal(signal.SIGINT, previous)
     sys.exit(code if isinstance(code, int) else 0)

@@ -303,6 +303,10 @@ BAD_INPUT = {
     "estimate-gpus-0": ["estimate", "--n-prompts", "3", "--baseline-seconds", "1", "--cached-seconds", "1", "--gpus", "0"],
     "demo-samples-0": ["demo", "-m", "tiny-flux-random", "--samples", "0"],
     "resume-not-a-run": ["generate", "--resume", "results"],
+    "unknown-command": ["nosuchcmd"],  # usage errors: one line too, never a traceback
+    "unknown-option": ["search", "-m", "tiny-flux-random", "--bogus"],
+    "option-without-value": ["search", "--lambda"],
+    "option-not-a-number": ["eval", "-m", "tiny-flux-random", "--min-psnr", "abc"],
 }
 
 
