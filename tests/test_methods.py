@@ -95,6 +95,19 @@ def test_report_refuses_what_is_not_a_matched_sweep(results, monkeypatch, capsys
     (tmp_path / "sweep.csv").write_text("method,lambda,psnr\nertacache,0.1,30\n")
     code, _, err = cli(monkeypatch, capsys, "report", str(tmp_path))
     assert code == 2 and "no column 'target_nfe'" in err
+    head = "method,target_nfe,nfe,psnr,best_calibrated\n"
+    for body, expect in (("", "not a readable sweep table"), (head + "auto,abc,3,30,True\n", "'target_nfe' holds 'abc'"),
+                         (head + "auto,inf,3,30,True\n", "'target_nfe' holds"),
+                         (head + "auto,6,3,oops,True\n", "'psnr' holds 'oops'")):
+        (tmp_path / "sweep.csv").write_text(body)
+        code, _, err = cli(monkeypatch, capsys, "report", str(tmp_path))
+        assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "sweep.csv").write_text(head + "auto,6,3,30,True\nTeaCache,6,,,False\n")  # a peer that did not run
+    for goal in ("nan", "inf", "1e308"):
+        code, _, err = cli(monkeypatch, capsys, "report", str(tmp_path), "--goal-db", goal)
+        assert code == 2 and "--goal-db must be a finite margin" in err
+    code, out, _ = cli(monkeypatch, capsys, "report", str(tmp_path))
+    assert code == 0 and "no peer ran" in out
 
 
 def test_sweep_nfe_out_of_range(results, monkeypatch, capsys):

@@ -21,7 +21,6 @@ part, so over-fitting shows (`fit_psnr` in auto.csv).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ..errors import UserError

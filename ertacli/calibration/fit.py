@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import product
 
 from ..errors import UserError
-from ..plan import Plan, coeffs_from
+from ..plan import Plan
 from .passes import apply_controller, calibration_pass, gather_rows
 from .profile import fit_part
 from .samples import Samples, split_holdout

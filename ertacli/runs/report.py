@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,22 @@ def read_sweep(run_dir: str | Path) -> "pd.DataFrame":
     path = Path(run_dir) / "sweep.csv"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a sweep run directory (no sweep.csv); give a results/NAME/sweep-... folder")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # empty, binary or malformed
+        raise UserError(f"{path} is not a readable sweep table ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
+                        f"; re-run the sweep")
     missing = [c for c in NEEDED if c not in df.columns]
     if missing:
         raise UserError(f"{path} has no column {missing[0]!r}: report reads matched-NFE sweeps "
                         f"(`ertacache sweep --compare` with search.nfe, or --nfe); re-run one")
+    for col in ("target_nfe", "nfe", "psnr"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        blank_ok = values.notna() | (df[col].isna() if col != "target_nfe" else False)  # a peer that did not run
+        bad = df[col][~blank_ok | (values.map(lambda v: not math.isfinite(v)) if col == "target_nfe" else False)]
+        if len(bad):
+            raise UserError(f"{path}: column {col!r} holds {bad.iloc[0]!r}, not a number; re-run the sweep")
+        df[col] = values
     return df
 
 
@@ -106,6 +118,8 @@ def render(run_dir: str | Path, goal_db: float = 1.0) -> str:
     """The report as Markdown: the compact table, each missing metric's reason once, then the per-cell goal."""
     from .tables import markdown, split_missing
 
+    if not (math.isfinite(goal_db) and abs(goal_db) <= 100):
+        raise UserError(f"--goal-db must be a finite margin in dB between -100 and 100, got {goal_db:g}")
     df = read_sweep(run_dir)
     table, notes = split_missing(compact(df))
     parts = [markdown(table)]
