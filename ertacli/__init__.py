@@ -21,6 +21,8 @@ _EXPORTS = {
     "PlanMismatch": "ertacli.errors", "UserError": "ertacli.errors",
     "enable_cache": "ertacli.api", "disable_cache": "ertacli.api", "cached": "ertacli.api",
     "last_call_stats": "ertacli.api", "calibrate": "ertacli.api", "minilm_encoder": "ertacli.api",
+    "Backbone": "ertacli.backbones", "register_backbone": "ertacli.backbones",
+    "register_block": "ertacli.backbones.discover", "discover": "ertacli.backbones.discover",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -26,14 +26,17 @@ REDO = "re-run `ertacache search` and `fit` (or ertacli.calibrate) with this cal
 
 
 def resolve_backbone(pipe, backbone: str | None = None):
-    """The registered Backbone of `pipe` (its class name), or of `backbone` (a pipeline class name)."""
+    """The Backbone of `pipe`: registered under `backbone` or its class name, else read by discovery."""
     from .backbones import get_backbone
+    from .backbones.discover import backbone_of
 
     name = backbone or type(pipe).__name__
-    if backbone is None and not hasattr(pipe, "transformer"):
-        raise UserError(f"{name} is not a pipeline with a .transformer: pass backbone='FluxPipeline' (or another "
-                        f"registered pipeline class) when enabling a plan on a bare transformer")
-    return get_backbone(name)
+    if not hasattr(pipe, "transformer"):
+        if backbone is None:
+            raise UserError(f"{name} is not a pipeline with a .transformer: pass backbone='FluxPipeline' (or another "
+                            f"registered pipeline class) when enabling a plan on a bare transformer")
+        return get_backbone(name)
+    return backbone_of(pipe, backbone)
 
 
 class _BareTransformer:

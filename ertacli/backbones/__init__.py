@@ -35,7 +35,11 @@ _REGISTRY: dict[str, Backbone] = {}
 
 
 def register_backbone(b: Backbone) -> None:
-    """Register (or replace) a backbone under its pipeline class name."""
+    """Register (or replace) a backbone under its pipeline class name: it overrides what discovery reads.
+
+    Public as `ertacli.register_backbone`; a pipeline without an entry is described by
+    `ertacli.backbones.discover.discover(pipe)`.
+    """
     if b.media not in ("image", "video"):
         raise ValueError(f"backbone {b.pipeline}: media must be 'image' or 'video', got {b.media!r}")
     _REGISTRY[b.pipeline] = b
@@ -48,6 +52,11 @@ def get_backbone(pipeline: str) -> Backbone:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "(none)"
         raise UserError(f"unknown pipeline {pipeline!r}; registered backbones: {known}") from None
+
+
+def is_registered(pipeline: str) -> bool:
+    """Whether a Backbone is registered under this pipeline class name."""
+    return pipeline in _REGISTRY
 
 
 def registered() -> list[Backbone]:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ertacli.backbones import Backbone, get_backbone
+from ertacli.backbones import Backbone, get_backbone, is_registered
 from ertacli.backbones.text import PipelineTextEncoder, PromptEncoder
 from ertacli.errors import UserError
 
@@ -122,7 +122,7 @@ def offline_encoder(pipe: Any, backbone: Backbone, choice: str, seed: int) -> Pr
     return MiniLMTextEncoder(style)
 
 
-def _load_pretrained(recipe, backbone: Backbone, dtype: Any) -> tuple[Any, PromptEncoder]:
+def _load_pretrained(recipe, backbone: Backbone | None, dtype: Any) -> tuple[Any, PromptEncoder]:
     """DiffusionPipeline-style from_pretrained of the recipe's pipeline class, with a helpful error."""
     import diffusers
 
@@ -146,7 +146,7 @@ def _load_pretrained(recipe, backbone: Backbone, dtype: Any) -> tuple[Any, Promp
         )
         raise UserError(f"could not load {path}: {type(exc).__name__}: {exc}{hint}") from None
     if choice != "pipeline":
-        return pipe, offline_encoder(pipe, backbone, choice, recipe.model.seed)
+        return pipe, offline_encoder(pipe, backbone or _discovered(pipe), choice, recipe.model.seed)
     if all(getattr(pipe, k, None) is None for k in _no_text_kwargs(type(pipe)) if k.startswith("text_encoder")):
         raise UserError(f"{path} has no text encoder; set model.text_encoder=minilm (or hash) in the recipe")
     return pipe, PipelineTextEncoder(getattr(recipe.sampling, "max_sequence_length", None))
@@ -225,9 +225,19 @@ def quiet_meaningless_warnings() -> None:
         log.addFilter(DivisibleByOne())
 
 
+def _discovered(pipe: Any) -> Backbone:
+    from ertacli.backbones.discover import backbone_of
+
+    return backbone_of(pipe)
+
+
 def load_pipeline(recipe, device: str) -> Loaded:
-    """Load the recipe's pipeline onto device, in recipe.model.dtype, progress bar off."""
-    backbone = get_backbone(recipe.model.pipeline)
+    """Load the recipe's pipeline onto device, in recipe.model.dtype, progress bar off.
+
+    A registered pipeline class uses its registry entry; any other diffusers pipeline is described by discovery.
+    """
+    name = recipe.model.pipeline
+    backbone = get_backbone(name) if is_registered(name) or recipe.model.source == "tiny" else None
     dtype = torch_dtype(recipe.model.dtype)
     if getattr(recipe.model, "adapter", None):
         from ertacli.backbones.adapter import load_adapter
@@ -239,6 +249,7 @@ def load_pipeline(recipe, device: str) -> Loaded:
         pipe, encoder = _load_pretrained(recipe, backbone, dtype)
     else:
         raise UserError(f"model.source must be 'tiny' or 'pretrained', got {recipe.model.source!r}")
+    backbone = backbone or _discovered(pipe)
     apply_scheduler(pipe, recipe.model.scheduler)
     set_attention_backend(pipe, getattr(recipe.model, "attention_backend", None))
     set_vae_decoding(pipe, getattr(recipe.model, "vae_tiling", False), getattr(recipe.model, "vae_slicing", True))
