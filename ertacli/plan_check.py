@@ -119,6 +119,10 @@ def known_branches(model_id: str, where: str) -> tuple[str, ...] | None:
     try:
         return tuple(get_backbone(pipeline).branches)
     except UserError:
+        from .backbones.discover import is_diffusers_pipeline
+
+        if is_diffusers_pipeline(pipeline):
+            return None  # described by discovery: its branches are checked against the call, not a registry
         raise PlanInvalid(f"{where}: field model_id {model_id!r} names no registered pipeline; re-run "
                           f"`ertacache search` with a registered backbone") from None
 

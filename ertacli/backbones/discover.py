@@ -126,14 +126,34 @@ def block_lists(transformer) -> tuple[str, ...]:
              if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0]
     known = tuple(name for name, mod in lists if _diffusers_blocks.known(type(mod[0])))
     if known:
-        return known
-    found = tuple(name for name, _ in lists if name in CONVENTIONAL)
+        return _same_stream(transformer, known)
+    found = _same_stream(transformer, tuple(name for name, _ in lists if name in CONVENTIONAL))
     if not found:
         names = ", ".join(name for name, _ in lists) or "none"
         raise UserError(f"{type(transformer).__name__}: no block list found (ModuleLists: {names}; looked for a "
                         f"block class in diffusers' block registry or the names {', '.join(CONVENTIONAL)}); "
                         f"register the pipeline: ertacli.register_backbone(Backbone(..., block_lists=(...)))")
     return found
+
+
+def _takes_text(block) -> bool:
+    try:
+        return "encoder_hidden_states" in inspect.signature(type(block).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _same_stream(transformer, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The leading lists that see the same hidden-state sequence: once blocks stop taking the text stream
+    separately (Chroma's single blocks run on [text; image] concatenated), the stack's tokens change there."""
+    if not names or not _takes_text(getattr(transformer, names[0])[0]):
+        return names
+    keep = [n for n in names]
+    for i, n in enumerate(names[1:], start=1):
+        if not _takes_text(getattr(transformer, n)[0]):
+            keep = list(names[:i])
+            break
+    return tuple(keep)
 
 
 def ensure_block_metadata(transformer, lists: tuple[str, ...]) -> None:
@@ -176,6 +196,13 @@ def media_of(pipe) -> str:
 def denoisers(pipe) -> list[str]:
     """Names of the pipeline's components that hold a denoiser (set, not None)."""
     return [n for n in DENOISERS if getattr(pipe, n, None) is not None]
+
+
+def is_diffusers_pipeline(name: str) -> bool:
+    """Whether diffusers has a pipeline class of this name (so discovery can describe it once loaded)."""
+    import diffusers
+
+    return name.endswith("Pipeline") and isinstance(getattr(diffusers, name, None), type)
 
 
 def refuse_unhooked(pipe) -> None:

@@ -46,6 +46,17 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def step_callback(pipe: Any, on_step_end: Callable) -> dict[str, Any]:
+    """Call kwargs that run `on_step_end(pipe, i, t, {"latents": ...})` after every step: diffusers' step-end
+    callback, or the older `callback(i, t, latents)` of pipelines without it (PixArt)."""
+    import inspect
+
+    params = inspect.signature(type(pipe).__call__).parameters
+    if "callback_on_step_end" in params or "callback" not in params:
+        return dict(callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
+    return dict(callback=lambda i, t, latents: on_step_end(pipe, i, t, {"latents": latents}), callback_steps=1)
+
+
 def recipe_call_kwargs(recipe, media: str) -> dict[str, Any]:
     """The pipeline-call settings of a recipe's `sampling:` section (prompts and generators excluded)."""
     s = recipe.sampling
@@ -118,10 +129,10 @@ class Sampler:
             return {}
 
         kwargs = self.kwargs(prompts)
+        kwargs.update(step_callback(self.pipe, on_step_end))
         sync(self.device)
         start = time.perf_counter()
-        out = self.pipe(generator=generators, callback_on_step_end=on_step_end,
-                        callback_on_step_end_tensor_inputs=["latents"], return_dict=False, **kwargs)[0]
+        out = self.pipe(generator=generators, return_dict=False, **kwargs)[0]
         sync(self.device)
         seconds = time.perf_counter() - start
         media = out.detach().to("cpu", torch.float32)

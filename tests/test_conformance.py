@@ -1,0 +1,97 @@
+"""Conformance of diffusers DiT families through the public API only (issue 22 point 6).
+
+Per family (tiny random pipeline from ertacli.backbones.tiny_zoo, prompts as prompt_embeds, no download):
+hooks on with nothing cached equal the uncached output bitwise; calibrate(lam=0) runs uncached;
+calibrate(nfe=about half) -> enable_cache -> counted NFE equals the plan's, below the uncached count, finite
+output; three consecutive cached calls give the same output and NFE; disable_cache restores bitwise;
+plan.save / load_plan round trip.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ertacli
+from ertacli.backbones import tiny_zoo
+
+PROMPTS = ["a red fox", "a blue bird"]
+# Families whose transformer lacks diffusers' hook-reset after each pipeline call: the engine's step counter
+# does not restart on the next call (issue 22 point 5, helper h3's engine branch detects call starts itself).
+NO_RESET = "repeated calls need call-start detection in the engine (issue 22 point 5, h3)"
+REPEAT_XFAIL = {"sd3", "sana", "pixart-sigma", "lumina2"}
+UNSUPPORTED = {"lumina2": "a cached call fails inside Lumina2's joint-sequence assembly (under investigation)"}
+FAMILIES = [pytest.param(f, marks=pytest.mark.xfail(reason=UNSUPPORTED[f], strict=True)) if f in UNSUPPORTED else f
+            for f in tiny_zoo.FAMILIES if f != "wan2.2-moe"]
+
+
+def _run(tiny, **extra):
+    kwargs = {**tiny.call, **tiny.encode(PROMPTS[:1]), **extra}
+    with torch.no_grad():
+        out = tiny.pipe(generator=torch.Generator().manual_seed(0), output_type="pt", return_dict=False, **kwargs)
+    return out[0].detach().float()
+
+
+def _calibrate(tiny, **target):
+    return ertacli.calibrate(tiny.pipe, PROMPTS, seeds=(0,), prompt_encoder=tiny.encode, holdout=0.5, **target,
+                             **tiny.call)
+
+
+@pytest.fixture
+def tiny(request, monkeypatch):
+    t = tiny_zoo.build(request.param)
+    for module, attr, value in t.patches:
+        monkeypatch.setattr(module, attr, value)
+    yield t
+    ertacli.disable_cache(t.pipe)
+
+
+@pytest.mark.parametrize("tiny", FAMILIES, indirect=True)
+def test_family(tiny, tmp_path, request):
+    family = request.node.callspec.params["tiny"]
+    ref = _run(tiny)
+    steps = tiny.call["num_inference_steps"]
+
+    plan0 = _calibrate(tiny, lam=0.0)  # calibrate(lam=0) caches nothing
+    assert plan0.n_cached == 0 and plan0.nfe == steps * len(plan0.branches)
+    ertacli.enable_cache(tiny.pipe, plan0)
+    assert torch.equal(_run(tiny), ref), "hooks on, nothing cached: output differs from uncached"
+    uncached_nfe = ertacli.last_call_stats(tiny.pipe)["nfe"]
+    assert uncached_nfe == plan0.nfe
+    ertacli.disable_cache(tiny.pipe)
+
+    half = steps // 2
+    plan = _calibrate(tiny, nfe=half)
+    assert plan.nfe < uncached_nfe and plan.n_cached > 0
+    ertacli.enable_cache(tiny.pipe, plan)
+    out = _run(tiny)
+    stats = ertacli.last_call_stats(tiny.pipe)
+    assert stats["nfe"] == plan.nfe < uncached_nfe
+    assert torch.isfinite(out).all()
+
+    try:
+        for _ in range(2):  # calls two and three
+            assert torch.equal(_run(tiny), out)
+            assert ertacli.last_call_stats(tiny.pipe)["nfe"] == plan.nfe
+    except (AssertionError, RuntimeError):
+        if family not in REPEAT_XFAIL:
+            raise
+        pytest.xfail(NO_RESET)  # passes by itself once the engine detects call starts
+
+    plan.save(tmp_path / "plan")
+    loaded = ertacli.load_plan(tmp_path / "plan")
+    assert loaded.cached_steps == plan.cached_steps and loaded.branches == plan.branches
+    ertacli.enable_cache(tiny.pipe, loaded)
+    assert torch.equal(_run(tiny), out)
+
+    ertacli.disable_cache(tiny.pipe)
+    assert torch.equal(_run(tiny), ref), "disable_cache did not restore the uncached output"
+
+
+def test_second_denoiser_refused():
+    """A pipeline holding a denoiser the engine does not hook is refused in one line, never run half-cached."""
+    from ertacli.backbones import tiny_zoo as zoo
+
+    t = zoo.build("wan2.2-moe")
+    with pytest.raises(ertacli.UserError, match="transformer_2"):
+        _calibrate(t, lam=0.1)
