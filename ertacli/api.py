@@ -239,7 +239,8 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
     if lam is not None:
         plan = search_plan(sampler, samples, profile.data, lam, cache_cfg, identity, quiet)
     else:
-        target = (Target(cached_steps=cached_for(profile.data["branches"], sampler.steps, nfe, identity["recipe"]))
+        target = (Target(cached_steps=cached_for(profile.data["branches"], sampler.steps, nfe, identity["recipe"],
+                                                 profile.data.get("streams")))
                   if nfe is not None else Target(speedup=target_speedup))
         plan = search_target(sampler, samples, profile.data, target, cache_cfg, identity, quiet=quiet)
     fitted, _ = fit_plan(sampler, plan, profile.data, samples, profile.latents, fit_settings, holdout, quiet)
@@ -260,7 +261,7 @@ def calibrate_auto(sampler, samples, profile, identity: dict, target: tuple, fit
     lam, nfe, speedup = target
     branches, T = list(profile.data["branches"]), sampler.steps
     if nfe is not None:
-        cached = cached_for(branches, T, nfe, identity["recipe"])
+        cached = cached_for(branches, T, nfe, identity["recipe"], profile.data.get("streams"))
     elif speedup is not None:
         cached = int(math.ceil(len(branches) * T * (1.0 - 1.0 / float(speedup)) - 1e-9))
     else:

@@ -67,6 +67,7 @@ class Plan:
     adjusted_sigmas: list[float] | None = None
     rectify: dict | None = None
     model_class: str | None = None  # the transformer's class (plans made before this field: None, not checked)
+    streams: dict | None = None  # per branch [first, last] step it runs (Wan2.2 experts); None: every step
     tool_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: int = FORMAT
@@ -75,8 +76,14 @@ class Plan:
 
     @property
     def nfe(self) -> int:
-        """Counted NFE = sum over branches of (T - |S_branch|)."""
-        return sum(self.steps - len(self.cached_steps.get(b, [])) for b in self.branches)
+        """Counted NFE = sum over branches of (calls of the branch - |S_branch|); a branch's calls are T unless
+        `streams` gives its step range (a Wan2.2 expert)."""
+        return sum(self.calls(b) - len(self.cached_steps.get(b, [])) for b in self.branches)
+
+    def calls(self, branch: str) -> int:
+        """Transformer calls of a branch per sample when nothing is cached."""
+        first, last = (self.streams or {}).get(branch, (0, self.steps - 1))
+        return int(last) - int(first) + 1
 
     @property
     def n_cached(self) -> int:
@@ -86,7 +93,7 @@ class Plan:
     @property
     def predicted_speedup(self) -> float:
         """T / (T - |S|), over all branches."""
-        return self.steps * len(self.branches) / self.nfe
+        return sum(self.calls(b) for b in self.branches) / self.nfe
 
     @property
     def where(self) -> str:

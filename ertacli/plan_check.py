@@ -117,7 +117,10 @@ def known_branches(model_id: str, where: str) -> tuple[str, ...] | None:
     if pipeline == ADAPTER:
         return ("cond", "uncond")
     try:
-        return tuple(get_backbone(pipeline).branches)
+        own = tuple(get_backbone(pipeline).branches)
+        from .backbones.discover import EXPERT_PREFIXES
+
+        return own + tuple(p + b for p in EXPERT_PREFIXES for b in own)  # Wan2.2: both experts' streams
     except UserError:
         from .backbones.discover import is_diffusers_pipeline
 

@@ -88,10 +88,42 @@ def test_family(tiny, tmp_path, request):
     assert torch.equal(_run(tiny), ref), "disable_cache did not restore the uncached output"
 
 
-def test_second_denoiser_refused():
-    """A pipeline holding a denoiser the engine does not hook is refused in one line, never run half-cached."""
-    from ertacli.backbones import tiny_zoo as zoo
+@pytest.mark.parametrize("tiny", ["wan2.2-moe"], indirect=True)
+def test_wan22_moe(tiny, tmp_path):
+    """Both experts hooked, each (expert, branch) its own stream; calibrate(nfe=N) reaches N on both together."""
+    ref = _run(tiny)
+    steps = tiny.call["num_inference_steps"]
+    plan0 = _calibrate(tiny, lam=0.0)
+    assert sorted(plan0.branches) == ["high/cond", "high/uncond", "low/cond", "low/uncond"]
+    first_low = plan0.streams["low/cond"][0]
+    assert plan0.streams["high/cond"] == [0, first_low - 1] and plan0.streams["low/cond"] == [first_low, steps - 1]
+    ertacli.enable_cache(tiny.pipe, plan0)
+    assert torch.equal(_run(tiny), ref)
+    stats = ertacli.last_call_stats(tiny.pipe)
+    assert stats["nfe"] == plan0.nfe == 2 * steps
+    assert stats["nfe_per_branch"]["low/cond"] == steps - first_low
 
-    t = zoo.build("wan2.2-moe")
-    with pytest.raises(ertacli.UserError, match="transformer_2"):
+    plan = _calibrate(tiny, nfe=steps)
+    assert plan.nfe == steps
+    ertacli.enable_cache(tiny.pipe, plan)
+    for _ in range(2):
+        out = _run(tiny)
+        stats = ertacli.last_call_stats(tiny.pipe)
+        assert stats["nfe"] == steps and torch.isfinite(out).all()
+    assert {b.split("/")[0] for b, n in stats["cached_per_branch"].items() if n} <= {"high", "low"}
+    plan.save(tmp_path / "plan")
+    assert ertacli.load_plan(tmp_path / "plan").nfe == steps
+    ertacli.disable_cache(tiny.pipe)
+    assert torch.equal(_run(tiny), ref)
+
+
+class OtherExpert(torch.nn.Module):
+    """A denoiser of another class than `transformer`: the engine cannot hook it as an expert."""
+
+
+def test_unhookable_denoiser_refused():
+    """A pipeline holding a denoiser the engine cannot hook is refused in one line, never run half-cached."""
+    t = tiny_zoo.build("wan2.2-moe")
+    t.pipe.transformer_2 = OtherExpert()
+    with pytest.raises(ertacli.UserError, match=r"WanPipeline holds more denoisers .*transformer_2.*refuses"):
         _calibrate(t, lam=0.1)

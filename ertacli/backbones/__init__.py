@@ -24,6 +24,8 @@ class Backbone:
     tiny_builder: str | None = None  # "module:function" building a tiny random pipeline
     unbatched_args: tuple[str, ...] = ()  # transformer kwargs without a batch dimension (micro-batching)
     default_branch: str = "default"  # branch name for transformer calls made outside any cache_context
+    transformers: tuple[str, ...] = ("transformer",)  # pipeline attributes of the denoisers the engine hooks
+    stream_prefixes: tuple[str, ...] = ("",)  # per transformer: its streams are prefix + branch (`high/cond`)
 
     @property
     def is_video(self) -> bool:

@@ -13,7 +13,7 @@
 
 The registry (`ertacli.register_backbone`) stays for overrides: `backbone_of` returns a registered Backbone
 when the pipeline's class name has one, else the discovered one. Everything that touches diffusers' private
-block registry is in `_diffusers_blocks` below (one place to adapt when diffusers changes it).
+block registry is in `DiffusersBlocks` below (one place to adapt when diffusers changes it).
 """
 
 from __future__ import annotations
@@ -36,13 +36,15 @@ UNBATCHED = ("txt_ids", "img_ids", "image_rotary_emb", "rope_interpolation_scale
 NO_CONTEXT_BRANCH = "cond_uncond"
 """The one stream of a pipeline that names no cache_context (a batched CFG call is one branch)."""
 DENOISERS = ("transformer", "transformer_2", "unet", "prior", "decoder", "transformer_3")
-"""Pipeline components that denoise (the engine hooks `transformer`; see `denoisers`)."""
+"""Pipeline components that denoise (the engine hooks `transformer` and Wan2.2's `transformer_2`)."""
+EXPERT_PREFIXES = ("high/", "low/", "transformer/", "transformer_2/")
+"""Stream-name prefixes of two-transformer pipelines: Wan2.2's experts (boundary_ratio), else attribute names."""
 _CONTEXT = re.compile(r"""cache_context\(\s*["'](\w+)["']""")
 REGISTER_HINT = ("register it: ertacli.register_block({cls}, hidden_index=0, encoder_index=None) with the "
                  "positions its forward returns, or ertacli.register_backbone(Backbone(...)) for the pipeline")
 
 
-class _diffusers_blocks:
+class DiffusersBlocks:
     """diffusers' private block registry (`diffusers.hooks._helpers.TransformerBlockRegistry`), wrapped here."""
 
     @staticmethod
@@ -81,7 +83,7 @@ def register_block(block_cls: type, hidden_index: int = 0, encoder_index: int | 
     """
     if not isinstance(block_cls, type):
         raise UserError(f"register_block needs a block class, got {block_cls!r}")
-    _diffusers_blocks.register(block_cls, int(hidden_index), None if encoder_index is None else int(encoder_index))
+    DiffusersBlocks.register(block_cls, int(hidden_index), None if encoder_index is None else int(encoder_index))
 
 
 def _root_name(node: ast.AST) -> str | None:
@@ -124,7 +126,7 @@ def block_lists(transformer) -> tuple[str, ...]:
 
     lists = [(name, mod) for name, mod in transformer.named_children()
              if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0]
-    known = tuple(name for name, mod in lists if _diffusers_blocks.known(type(mod[0])))
+    known = tuple(name for name, mod in lists if DiffusersBlocks.known(type(mod[0])))
     if known:
         return _same_stream(transformer, known)
     found = _same_stream(transformer, tuple(name for name, _ in lists if name in CONVENTIONAL))
@@ -160,7 +162,7 @@ def ensure_block_metadata(transformer, lists: tuple[str, ...]) -> None:
     """Register, with diffusers, the return layout of every block class in the stack it does not know yet."""
     for name in lists:
         for cls in {type(b) for b in getattr(transformer, name)}:
-            if not _diffusers_blocks.known(cls):
+            if not DiffusersBlocks.known(cls):
                 register_block(cls, *read_block_returns(cls))
 
 
@@ -205,13 +207,22 @@ def is_diffusers_pipeline(name: str) -> bool:
     return name.endswith("Pipeline") and isinstance(getattr(diffusers, name, None), type)
 
 
-def refuse_unhooked(pipe) -> None:
-    """One line, never a half-cached run, when the pipeline holds a denoiser besides `transformer`."""
+def with_experts(pipe, backbone: Backbone) -> Backbone:
+    """`backbone` hooking every denoiser of `pipe`: Wan2.2's `transformer_2` (the expert below `boundary_ratio`)
+    as its own streams (`high/cond`, `low/cond`, ...); one line, never a half-cached run, for any other."""
     extra = [n for n in denoisers(pipe) if n != "transformer"]
-    if extra:
-        raise UserError(f"{type(pipe).__name__} holds more denoisers than `transformer` ({', '.join(extra)}): "
-                        f"ertacache hooks only `transformer`, so it refuses this pipeline rather than cache it "
-                        f"in part")
+    if not extra:
+        return backbone
+    name = type(pipe).__name__
+    if extra != ["transformer_2"] or type(pipe.transformer_2) is not type(pipe.transformer):
+        raise UserError(f"{name} holds more denoisers than `transformer` ({', '.join(extra)}): ertacache hooks "
+                        f"`transformer` and a `transformer_2` of the same class only, so it refuses this pipeline "
+                        f"rather than cache it in part")
+    moe = getattr(getattr(pipe, "config", None), "boundary_ratio", None) is not None
+    prefixes = EXPERT_PREFIXES[:2] if moe else EXPERT_PREFIXES[2:]
+    return replace(backbone, transformers=("transformer", "transformer_2"), stream_prefixes=prefixes,
+                   branches=tuple(p + b for p in prefixes for b in backbone.branches),
+                   default_branch=backbone.default_branch)
 
 
 def discover(pipe) -> Backbone:
@@ -233,18 +244,17 @@ def discover(pipe) -> Backbone:
     return Backbone(pipeline=name, media=media, branches=names or (NO_CONTEXT_BRANCH,), latent_layout=lay,
                     channel_dim=ch, block_lists=lists, default_scheduler=type(pipe.scheduler).__name__,
                     unbatched_args=tuple(a for a in UNBATCHED if a in params),
-                    default_branch="default" if names else NO_CONTEXT_BRANCH)
+                    default_branch=names[0] if len(names) == 1 else "default" if names else NO_CONTEXT_BRANCH)
 
 
 def backbone_of(pipe, name: str | None = None) -> Backbone:
     """The registered Backbone of `name` (default: the pipeline's class name), else the one discovery reads."""
     key = name or type(pipe).__name__
-    refuse_unhooked(pipe)
     if is_registered(key):
-        return get_backbone(key)
+        return with_experts(pipe, get_backbone(key))
     if name is not None and name != type(pipe).__name__:
         get_backbone(name)  # raises the one-line "unknown pipeline" error
-    return discover(pipe)
+    return with_experts(pipe, discover(pipe))
 
 
 def observe_branches(pipe, backbone: Backbone, run) -> Backbone:
@@ -257,24 +267,27 @@ def observe_branches(pipe, backbone: Backbone, run) -> Backbone:
     class _Probe(ModelHook):
         _is_stateful = True
 
-        def __init__(self):
+        def __init__(self, prefix: str):
             super().__init__()
-            self._state_manager = StateManager(BaseState)
+            self._state_manager, self.prefix = StateManager(BaseState), prefix
 
         def new_forward(self, module, *args, **kwargs):
             ctx = self._state_manager._context
-            name = ctx.name if ctx is not None else backbone.default_branch
+            name = self.prefix + (ctx.name if ctx is not None else backbone.default_branch)
             if name not in seen:
-                seen.append(str(name))
+                seen.append(name)
             return self.fn_ref.original_forward(*args, **kwargs)
 
         def reset_state(self, module):
             return module
 
-    registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
-    registry.register_hook(_Probe(), "ertacache_probe")
+    registries = []
+    for attr, prefix in zip(backbone.transformers, backbone.stream_prefixes):
+        registries.append(HookRegistry.check_if_exists_or_initialize(getattr(pipe, attr)))
+        registries[-1].register_hook(_Probe(prefix), "ertacache_probe")
     try:
         run()
     finally:
-        registry.remove_hook("ertacache_probe", recurse=False)
+        for registry in registries:
+            registry.remove_hook("ertacache_probe", recurse=False)
     return replace(backbone, branches=tuple(seen) or backbone.branches)

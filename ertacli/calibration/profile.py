@@ -67,12 +67,21 @@ def record_profile(sampler, samples: Samples, residual: str, keep_tensors: bool 
             "scheduler": {"class": type(scheduler).__name__, "config": dict(scheduler.config)},
             "model_class": type(sampler.transformer).__name__,
             "base_sigmas": out.sigmas, "sample_shape": rec.call_stats()["shapes"], "calibration": samples.to_json(),
-            "seconds": seconds, "stats": _relative(stats)}
+            "seconds": seconds, "stats": _relative(stats), "streams": stream_ranges(stats)}
     data["split"] = None  # recorded: every sample is fit data (no holdout asked, or one prompt)
     if split is not None:
         data["fit_stats"] = _relative(fit_stats)
         data["split"] = {"holdout": float(holdout), "fit": split[0], "held_out": split[1]}
     return ProfileResult(data, latents, media, rec.tensors)
+
+
+def stream_ranges(stats: dict) -> dict[str, list[int]]:
+    """Per stream, the first and last step it ran at (a Wan2.2 expert runs a range of the steps; others all)."""
+    out = {}
+    for b, rows in stats.items():
+        ran = [k for k, v in enumerate(rows["v"]) if v > 0]
+        out[b] = [ran[0], ran[-1]] if ran else [0, len(rows["v"]) - 1]
+    return out
 
 
 def fit_part(profile: dict, samples: Samples, holdout: float | None = None) -> tuple[Samples, dict]:

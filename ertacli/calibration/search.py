@@ -57,7 +57,7 @@ def search_plan(sampler, samples: Samples, profile: dict, lam: float, cache_cfg,
         sample_shape=profile["sample_shape"], lam=lam, predictor=pred.to_json(),
         calibration={**samples.to_json(), "searched_samples": len(fit_set), "profile_run": identity.get("profile_run")},
         search_errors={b: {str(k): e for k, e in sorted(ctl.errors[b].items())} for b in branches},
-        model_class=profile.get("model_class"),
+        model_class=profile.get("model_class"), streams=profile.get("streams"),
     )
 
 
@@ -90,9 +90,13 @@ def search_target(sampler, samples: Samples, profile: dict, target: Target, cach
     return best
 
 
-def cached_for(branches: list[str], steps: int, nfe: int, name: str) -> int:
-    """Cached calls (summed over branches) that leave `nfe` transformer calls per sample."""
-    total = len(branches) * steps
+def cached_for(branches: list[str], steps: int, nfe: int, name: str, streams: dict | None = None) -> int:
+    """Cached calls (summed over branches) that leave `nfe` transformer calls per sample.
+
+    `streams` (the profile's step range per stream): streams that run part of the steps (Wan2.2's experts).
+    """
+    total = sum(last - first + 1 for first, last in (streams[b] for b in branches)) if streams else \
+        len(branches) * steps
     if not 2 * len(branches) <= nfe <= total:
         raise UserError(f"--nfe {nfe} is out of range for {name}: steps 0 and T-1 always run, so "
                         f"choose {2 * len(branches)}..{total}")

@@ -150,15 +150,21 @@ class StepHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         _ensure_context(self.states)
         state: BranchState = self.states.get_state()
+        name = self.states.context.name
         k = state.step
         state.step += 1
+        shared = getattr(self.states, "shared_steps", None)
+        if shared is not None:  # several transformers (Wan2.2 experts): k is the step, counted over all of them
+            k = shared[name] = shared.get(name, -1) + 1
         self.forward_fn = own_forward(self, module) if self.residual != "hidden" else self.fn_ref.original_forward
-        call = TransformerCall(self, args, kwargs, state, k, self.states.context.name)
+        call = TransformerCall(self, args, kwargs, state, k, getattr(self.states, "prefix", "") + name)
         return self.controller.on_call(call)
 
     def reset_state(self, module):
         """The pipeline's own reset after each call (diffusers `maybe_free_model_hooks`): branch state and counters."""
         self.states.reset()
+        if getattr(self.states, "shared_steps", None) is not None:
+            self.states.shared_steps.clear()
         on_reset = getattr(self.controller, "on_reset", None)
         if on_reset is not None:
             on_reset()
@@ -267,10 +273,16 @@ def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[
 
 def apply_ertacache(transformer: torch.nn.Module, block_lists: tuple[str, ...], controller,
                     residual: str = "hidden", micro_batch: int = 0, unbatched: tuple[str, ...] = (),
-                    default_branch: str = DEFAULT_BRANCH, compile: bool = False) -> StateManager:
-    """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `controller`."""
+                    default_branch: str = DEFAULT_BRANCH, compile: bool = False, prefix: str = "",
+                    shared_steps: dict | None = None) -> StateManager:
+    """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `controller`.
+
+    `prefix` names this transformer's streams (`high/` + branch); `shared_steps`, one dict shared by the
+    transformers of a pipeline, counts the steps over all of them (a stream's k is the pipeline's step).
+    """
     remove_ertacache(transformer)
     states = StateManager(BranchState)
+    states.prefix, states.shared_steps = prefix, shared_steps
     states.default_branch = default_branch
     states.compile = compile  # regional torch.compile of the blocks (latent mode: of the transformer)
     if residual == "hidden":

@@ -44,8 +44,12 @@ class Session:
         if self.controller.schedule is not None:
             check_adjustable(pipe.scheduler)
         self._scheduler = pipe.scheduler
-        apply_ertacache(pipe.transformer, bb.block_lists, self.controller, self.controller.residual,
-                        self.micro_batch, bb.unbatched_args, bb.default_branch, compile=self.compile)
+        hooked = self.transformers()
+        shared = {} if len(hooked) > 1 else None
+        for transformer, prefix in hooked:
+            apply_ertacache(transformer, bb.block_lists, self.controller, self.controller.residual,
+                            self.micro_batch, bb.unbatched_args, bb.default_branch, compile=self.compile,
+                            prefix=prefix, shared_steps=shared)
         try:
             if self.controller.schedule is not None:
                 pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)
@@ -54,11 +58,19 @@ class Session:
             raise
         return self
 
+    def transformers(self) -> list:
+        """(transformer, stream-name prefix) for every denoiser the backbone names (Wan2.2: both experts)."""
+        names = getattr(self.backbone, "transformers", ("transformer",))
+        prefixes = getattr(self.backbone, "stream_prefixes", ("",))
+        return [(getattr(self.pipe, n), p) for n, p in zip(names, prefixes) if getattr(self.pipe, n, None) is not None]
+
     def __exit__(self, *exc) -> None:
         self.pipe.scheduler = self._scheduler
-        remove_ertacache(self.pipe.transformer)
+        for transformer, _ in self.transformers():
+            remove_ertacache(transformer)
 
     def fresh(self) -> None:
         """Forget every branch's cache and counters before a pipeline call."""
-        reset_ertacache(self.pipe.transformer)
+        for transformer, _ in self.transformers():
+            reset_ertacache(transformer)
         self.controller.begin()
