@@ -220,7 +220,7 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
     from .calibration.fit import fit_plan
     from .calibration.profile import record_profile
     from .calibration.samples import Samples
-    from .calibration.search import Target, cached_for, search_plan, search_target
+    from .calibration.search import Target, cached_for, exact_count, search_plan, search_target
 
     if sum(x is not None for x in (lam, nfe, target_speedup)) != 1:
         raise UserError("calibrate needs exactly one of lam=, nfe= or target_speedup=")
@@ -243,6 +243,8 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
                                                  profile.data.get("streams")))
                   if nfe is not None else Target(speedup=target_speedup))
         plan = search_target(sampler, samples, profile.data, target, cache_cfg, identity, quiet=quiet)
+        if target.cached_steps is not None:  # nfe=N: exactly N calls, not at most N
+            plan = exact_count(plan, target.cached_steps)
     fitted, _ = fit_plan(sampler, plan, profile.data, samples, profile.latents, fit_settings, holdout, quiet)
     if save_to is not None:
         fitted.save(save_to)

@@ -14,14 +14,25 @@ from .errors import UserError
 
 
 @app.command("recipes")
-def recipes_cmd(methods: bool = typer.Option(False, "--methods", hidden=True,
+def recipes_cmd(action: Optional[str] = typer.Argument(None, help="`new`: write a recipe (with --from)."),
+                source: Optional[str] = typer.Option(None, "--from", help="recipes new: a diffusers pipeline folder "
+                                                     "(model_index.json) or hub id."),
+                out: Optional[str] = typer.Option(None, "--out", help="recipes new: where to write it "
+                                                  "(default ./recipes/NAME.yaml)."),
+                force: bool = typer.Option(False, "--force", help="recipes new: replace an existing file."),
+                methods: bool = typer.Option(False, "--methods", hidden=True,
                                              help="Deprecated: use `ertacache methods`.")) -> None:
-    """List the recipes: name, pipeline class, steps, size/frames, branches, method, and where each was found."""
+    """List the recipes: name, pipeline class, steps, size/frames, branches, method, and where each was found.
+
+    `ertacache recipes new --from MODEL_DIR_OR_HUB_ID` writes a recipe read from the pipeline's model_index.json.
+    """
     from .assets import available_recipes
-    from .backbones import get_backbone
+    from .backbones.discover import branches_by_name
     from .presets import preset_of
     from .recipe import list_recipes
 
+    if action is not None:
+        return _recipes_new(action, source, out, force)
     if methods:
         deprecated("recipes", "--methods")
         return methods_cmd()
@@ -35,10 +46,19 @@ def recipes_cmd(methods: bool = typer.Option(False, "--methods", hidden=True,
         s = r.sampling
         size = f"{s.width}x{s.height}" + (f"x{s.frames}f" if s.frames else "")
         rows.append({"name": name, "pipeline": r.model.pipeline, "steps": s.steps, "size": size,
-                     "branches": ",".join(get_backbone(r.model.pipeline).branches), "method": preset_of(r),
+                     "branches": ",".join(branches_by_name(r.model.pipeline)), "method": preset_of(r),
                      "source": r.model.path or r.model.source, "from": origin.get(name, "-")})
     show(rows, "recipes (lookup order: ./recipes, $ERTACACHE_RECIPES, bundled)")
     finish(f"{len(rows)} recipes ({sum(isinstance(r, str) for _, r in list_recipes())} invalid)")
+
+
+def _recipes_new(action: str, source: Optional[str], out: Optional[str], force: bool) -> None:
+    from .backbones.recipe_writer import write_recipe
+
+    if action != "new" or not source:
+        raise UserError("usage: ertacache recipes new --from MODEL_DIR_OR_HUB_ID [--out FILE] (or `recipes` to list)")
+    path = write_recipe(source, out, force)
+    finish(f"wrote {path}: run it with --model {path}")
 
 
 @app.command("methods")
@@ -54,11 +74,11 @@ def methods_cmd() -> None:
 @app.command("validate")
 def validate_cmd(recipe: str = typer.Argument(..., help="Recipe name or path."), sets: Optional[List[str]] = SetOpt) -> None:
     """Check one recipe: schema, includes, backbone, prompt files."""
-    from .backbones import get_backbone
+    from .backbones.discover import branches_by_name
     from .recipe import resolve_recipe
 
     r = resolve_recipe(recipe, sets or [])
-    get_backbone(r.model.pipeline)
+    branches_by_name(r.model.pipeline)
     n_cal, n_eval = len(r.read_prompts("calibration")), len(r.read_prompts("eval"))
     finish(f"ok {r.name}: {r.model.pipeline}, {r.sampling.steps} steps, {n_cal} calibration prompts x "
             f"{len(r.calibration.seeds)} seeds, {n_eval} eval prompts")

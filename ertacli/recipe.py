@@ -243,6 +243,11 @@ def find_recipe(name_or_path: str | Path) -> Path:
     path = Path(raw).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        from .backbones.recipe_writer import folder_recipe, is_pipeline_dir
+
+        if is_pipeline_dir(path):  # --model DIR: a diffusers pipeline folder, through a recipe read from it
+            return folder_recipe(path)
     if "/" in raw or os.sep in raw:
         raise UserError(f"recipe file not found: {raw} (give an existing file or a recipe name; see 'ertacache recipes')")
     name = raw[:-5] if raw.endswith(".yaml") else raw[:-4] if raw.endswith(".yml") else raw

@@ -60,9 +60,9 @@ def test_family(tiny, tmp_path, request):
     assert uncached_nfe == plan0.nfe
     ertacli.disable_cache(tiny.pipe)
 
-    half = steps // 2
+    half = uncached_nfe // 2
     plan = _calibrate(tiny, nfe=half)
-    assert plan.nfe < uncached_nfe and plan.n_cached > 0
+    assert plan.nfe == half, f"calibrate(nfe={half}) made a plan with NFE {plan.nfe}"
     ertacli.enable_cache(tiny.pipe, plan)
     out = _run(tiny)
     stats = ertacli.last_call_stats(tiny.pipe)

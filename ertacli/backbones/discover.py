@@ -207,6 +207,15 @@ def is_diffusers_pipeline(name: str) -> bool:
     return name.endswith("Pipeline") and isinstance(getattr(diffusers, name, None), type)
 
 
+def branches_by_name(pipeline: str) -> tuple[str, ...]:
+    """Branches of a pipeline class by name: registered, else its cache_context names (before loading it)."""
+    import diffusers
+
+    if is_registered(pipeline) or not is_diffusers_pipeline(pipeline):
+        return tuple(get_backbone(pipeline).branches)  # a name that is neither: the one-line "unknown" error
+    return context_names(getattr(diffusers, pipeline)) or (NO_CONTEXT_BRANCH,)
+
+
 def with_experts(pipe, backbone: Backbone) -> Backbone:
     """`backbone` hooking every denoiser of `pipe`: Wan2.2's `transformer_2` (the expert below `boundary_ratio`)
     as its own streams (`high/cond`, `low/cond`, ...); one line, never a half-cached run, for any other."""

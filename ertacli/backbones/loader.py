@@ -67,7 +67,7 @@ def resolve_device(name: str | None) -> str:
     return name
 
 
-def _import_builder(spec: str) -> Any:
+def import_builder(spec: str) -> Any:
     """Resolve a "module:function" string."""
     module, _, func = spec.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -77,7 +77,7 @@ def _load_tiny(recipe, backbone: Backbone) -> tuple[Any, PromptEncoder]:
     """Build the backbone's tiny random pipeline."""
     if not backbone.tiny_builder:
         raise UserError(f"{backbone.pipeline} has no tiny builder; use model.source=pretrained")
-    return _import_builder(backbone.tiny_builder)(recipe)
+    return import_builder(backbone.tiny_builder)(recipe)
 
 
 def model_path(recipe) -> str:
@@ -105,16 +105,34 @@ def _no_text_kwargs(cls: Any) -> dict[str, None]:
     return {k: None for k in params if k.startswith(("text_encoder", "tokenizer"))}
 
 
+TEXT_WIDTHS = ("text_dim", "joint_attention_dim", "text_embed_dim", "caption_channels", "cap_feat_dim",
+               "cross_attention_dim")
+"""Transformer config keys holding the width of the prompt embeddings, in the order they are looked up."""
+
+
+def prompt_style(pipe: Any) -> str:
+    """The prompt_embeds convention (text.STYLES) a pipeline's call takes, read from its parameters."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    if "pooled_prompt_embeds" in params:
+        return "hunyuan" if "prompt_attention_mask" in params else "flux" if "true_cfg_scale" in params else "sd3"
+    return "ltx" if "prompt_attention_mask" in params else "wan"
+
+
 def offline_encoder(pipe: Any, backbone: Backbone, choice: str, seed: int) -> PromptEncoder:
     """A hash or MiniLM prompt encoder sized to a pipeline's transformer (Flux- and Wan-style pipelines)."""
     from ertacli.backbones.minilm import MiniLMTextEncoder, check_text_dim
     from ertacli.backbones.text import HashTextEncoder
 
-    style = _STYLES.get(backbone.pipeline)
-    if style is None:
-        raise UserError(f"model.text_encoder={choice} supports {', '.join(_STYLES)}, not {backbone.pipeline}")
+    style = _STYLES.get(backbone.pipeline) or prompt_style(pipe)
     cfg = pipe.transformer.config
-    dims = (cfg.joint_attention_dim, cfg.pooled_projection_dim) if style == "flux" else (cfg.text_dim, cfg.text_dim)
+    if style == "flux":
+        dims = (cfg.joint_attention_dim, cfg.pooled_projection_dim)
+    else:
+        width = next((cfg[k] for k in TEXT_WIDTHS if cfg.get(k)), None)
+        if width is None:
+            raise UserError(f"model.text_encoder={choice}: {type(pipe.transformer).__name__}'s config names no text "
+                            f"width ({', '.join(TEXT_WIDTHS)}); use model.text_encoder=pipeline")
+        dims = (width, cfg.get("pooled_projection_dim") or width)
     if choice == "hash":
         return HashTextEncoder(dims[0], dims[1], 16, seed, style=style)
     for dim, name in zip(dims, ("the transformer's text width", "its pooled width")):
@@ -225,10 +243,11 @@ def quiet_meaningless_warnings() -> None:
         log.addFilter(DivisibleByOne())
 
 
-def _discovered(pipe: Any) -> Backbone:
+def _discovered(pipe: Any, name: str | None = None) -> Backbone:
+    """The registered Backbone of `name` (with a second expert hooked, Wan2.2), else the discovered one."""
     from ertacli.backbones.discover import backbone_of
 
-    return backbone_of(pipe)
+    return backbone_of(pipe, name if name is not None and is_registered(name) else None)
 
 
 def load_pipeline(recipe, device: str) -> Loaded:
@@ -249,7 +268,8 @@ def load_pipeline(recipe, device: str) -> Loaded:
         pipe, encoder = _load_pretrained(recipe, backbone, dtype)
     else:
         raise UserError(f"model.source must be 'tiny' or 'pretrained', got {recipe.model.source!r}")
-    backbone = backbone or _discovered(pipe)
+    if not getattr(recipe.model, "adapter", None):
+        backbone = _discovered(pipe, name)
     apply_scheduler(pipe, recipe.model.scheduler)
     set_attention_backend(pipe, getattr(recipe.model, "attention_backend", None))
     set_vae_decoding(pipe, getattr(recipe.model, "vae_tiling", False), getattr(recipe.model, "vae_slicing", True))

@@ -67,7 +67,30 @@ def recipe_call_kwargs(recipe, media: str) -> dict[str, Any]:
         if frames is not None:
             kwargs["num_frames"] = int(frames)
     kwargs.update(dict(s.pipeline_kwargs or {}))
+    for key in IMAGE_ARGS:  # conditioned pipelines (image-to-video, editing): an image file named in the recipe
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = load_image_arg(kwargs[key], getattr(recipe, "base_dir", None), key)
     return kwargs
+
+
+IMAGE_ARGS = ("image", "last_image", "control_image", "mask_image")
+"""Pipeline-call arguments that take an image: a path in `sampling.pipeline_kwargs` is read as one."""
+
+
+def load_image_arg(value: str, base: Any, key: str) -> Any:
+    """A PIL image from a path (relative paths from the recipe's folder, else the working directory)."""
+    import os
+
+    from PIL import Image
+
+    path = os.path.expanduser(value)
+    if base is not None and not os.path.isabs(path) and os.path.exists(os.path.join(str(base), path)):
+        path = os.path.join(str(base), path)
+    try:
+        return Image.open(path).convert("RGB")
+    except OSError as exc:
+        raise UserError(f"sampling.pipeline_kwargs.{key}: cannot read image {value!r} ({exc.strerror or exc}); "
+                        f"give an image file path") from None
 
 
 @dataclass

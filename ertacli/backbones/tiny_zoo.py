@@ -78,10 +78,10 @@ def _flow(**kw):
 def _registered(family: str, pipeline: str) -> Tiny:
     """One of the six registered families, from its own tiny builder and hash text encoder."""
     from ertacli.backbones import get_backbone
-    from ertacli.backbones.loader import _import_builder
+    from ertacli.backbones.loader import import_builder
 
     recipe = SimpleNamespace(model=SimpleNamespace(tiny=None, seed=0, dtype="float32", text_encoder=None))
-    pipe, enc = _import_builder(get_backbone(pipeline).tiny_builder)(recipe)
+    pipe, enc = import_builder(get_backbone(pipeline).tiny_builder)(recipe)
     call = dict(num_inference_steps=8, height=16, width=16)
     neg = None
     if pipeline in ("WanPipeline", "CogVideoXPipeline", "StableDiffusion3Pipeline", "LTXPipeline"):
@@ -258,7 +258,7 @@ def cogview4() -> Tiny:
     torch.manual_seed(0)
     tr = CogView4Transformer2DModel(patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4,
                                     num_attention_heads=4, out_channels=4, text_embed_dim=32, time_embed_dim=8,
-                                    condition_dim=4).eval()
+                                    condition_dim=4, sample_size=16).eval()  # default size 16x16
     sched = _flow(base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True,
                   time_shift_type="linear")
     pipe = CogView4Pipeline(tokenizer=None, text_encoder=None, vae=_image_vae(4), transformer=tr, scheduler=sched)

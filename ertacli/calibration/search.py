@@ -90,6 +90,20 @@ def search_target(sampler, samples: Samples, profile: dict, target: Target, cach
     return best
 
 
+def exact_count(plan: Plan, cached: int) -> Plan:
+    """`plan` with exactly `cached` cached calls: the threshold's cached count jumps when several steps cross it
+    at one lambda, so the smallest lambda that reaches a count may overshoot it; the overshoot is given back by
+    computing again the cached calls with the largest search errors (the ones the threshold admitted last)."""
+    extra = plan.n_cached - cached
+    if extra <= 0:
+        return plan
+    ranked = sorted(((e, b, int(k)) for b, errs in plan.search_errors.items() for k, e in errs.items()
+                     if int(k) in plan.cached_steps.get(b, [])), reverse=True)
+    drop = {(b, k) for _, b, k in ranked[:extra]}
+    steps = {b: [k for k in ks if (b, k) not in drop] for b, ks in plan.cached_steps.items()}
+    return plan.copy(cached_steps=steps)
+
+
 def cached_for(branches: list[str], steps: int, nfe: int, name: str, streams: dict | None = None) -> int:
     """Cached calls (summed over branches) that leave `nfe` transformer calls per sample.
 
