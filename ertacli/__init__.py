@@ -7,6 +7,10 @@ The public API, imported lazily (`import ertacli` loads no torch until a functio
     with ertacli.cached(pipe, plan): ...        # the same for one block
     ertacli.last_call_stats(pipe)               # NFE per branch of the last call
     plan = ertacli.calibrate(pipe, prompts, lam=0.1, num_inference_steps=28, ...)   # profile -> search -> fit
+
+Any diffusers DiT pipeline is described from the loaded object (`ertacli.discover(pipe)`); the registry is for
+overrides: `ertacli.register_backbone(ertacli.Backbone(...))`, and `ertacli.register_block(BlockClass,
+hidden_index=0, encoder_index=None)` for a block class whose forward's return value discovery cannot read.
 """
 
 from __future__ import annotations

@@ -37,14 +37,30 @@ def _chosen_steps(plan, branch: str | None) -> tuple[set[int], str]:
     if len(sets) == 1:
         (name, steps), = sets.items()
         return steps, name
-    return set.intersection(*sets.values()), "intersection(" + ",".join(plan.branches) + ")"
+    return _active_intersection(plan, sets), "intersection(" + ",".join(plan.branches) + ")"
+
+
+def _runs_at(plan, branch: str, k: int) -> bool:
+    """Whether a branch's stream runs at step k (a Wan2.2 expert's streams run a range of the steps)."""
+    first, last = (getattr(plan, "streams", None) or {}).get(branch, (0, plan.steps - 1))
+    return int(first) <= k <= int(last)
+
+
+def _active_intersection(plan, sets: dict[str, set[int]]) -> set[int]:
+    """Steps cached by every branch that runs at that step (all branches, unless the plan has expert streams)."""
+    out = set()
+    for k in range(plan.steps):
+        active = [b for b in sets if _runs_at(plan, b, k)]
+        if active and all(k in sets[b] for b in active):
+            out.add(k)
+    return out
 
 
 def _not_carried(plan, steps: set[int], label: str) -> list[str]:
     """What the exported file cannot express for this plan, one line each."""
     out = []
     for b, s in _checked_sets(plan).items():
-        lost, extra = sorted(s - steps), sorted(steps - s)
+        lost, extra = sorted(s - steps), sorted(k for k in steps - s if _runs_at(plan, b, k))
         if lost:
             out.append(f"branch {b} caches steps {lost} in the plan; computed in the export ({label})")
         if extra:
@@ -65,7 +81,7 @@ def cache_dit_mask(plan, branch: str | None = None, source: str | Path | None = 
     steps, label = _chosen_steps(plan, branch)
     T = int(plan.steps)
     mask = [0 if k in steps else 1 for k in range(T)]
-    separate_cfg = len(plan.branches) > 1
+    separate_cfg = len({b.split("/")[-1] for b in plan.branches}) > 1  # Wan2.2: high/cond and low/cond: one branch
     return {
         "format": EXPORT_FORMAT,
         "num_inference_steps": T,

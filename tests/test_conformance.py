@@ -20,7 +20,7 @@ PROMPTS = ["a red fox", "a blue bird"]
 # does not restart on the next call (issue 22 point 5, helper h3's engine branch detects call starts itself).
 NO_RESET = "repeated calls need call-start detection in the engine (issue 22 point 5, h3)"
 REPEAT_XFAIL = {"sd3", "sana", "pixart-sigma", "lumina2"}
-UNSUPPORTED = {"lumina2": "a cached call fails inside Lumina2's joint-sequence assembly (under investigation)"}
+UNSUPPORTED: dict[str, str] = {}
 FAMILIES = [pytest.param(f, marks=pytest.mark.xfail(reason=UNSUPPORTED[f], strict=True)) if f in UNSUPPORTED else f
             for f in tiny_zoo.FAMILIES if f != "wan2.2-moe"]
 
@@ -127,3 +127,19 @@ def test_unhookable_denoiser_refused():
     t.pipe.transformer_2 = OtherExpert()
     with pytest.raises(ertacli.UserError, match=r"WanPipeline holds more denoisers .*transformer_2.*refuses"):
         _calibrate(t, lam=0.1)
+
+
+def test_export_counts_each_experts_steps():
+    """cache-dit export of an expert plan: a step is cached when every stream running at that step caches it."""
+    from ertacli.export import export_plan
+    from ertacli.plan import Plan
+
+    plan = Plan(recipe="t", recipe_key="k", model_id="WanPipeline:x", steps=8, scheduler={}, residual="hidden",
+                base_sigmas=[], branches=["high/cond", "high/uncond", "low/cond", "low/uncond"],
+                cached_steps={"high/cond": [1, 2], "high/uncond": [2], "low/cond": [5, 6], "low/uncond": [5, 6]},
+                sample_shape={}, calibration={}, streams={"high/cond": [0, 3], "high/uncond": [0, 3],
+                                                          "low/cond": [4, 7], "low/uncond": [4, 7]})
+    data = export_plan(plan, "cache-dit")
+    assert data["steps_computation_mask"] == [1, 1, 0, 1, 1, 0, 0, 1]
+    assert data["cache_config"]["enable_separate_cfg"] is True
+    assert plan.nfe == 16 - 7 and not any("low/cond computes" in line for line in data["does_not_carry_over"])

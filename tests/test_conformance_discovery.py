@@ -72,3 +72,11 @@ def test_unreadable_transformer_is_one_line():
 def test_register_block_is_public():
     ertacli.register_block(TextFirstBlock, hidden_index=1, encoder_index=0)
     assert disc.DiffusersBlocks.get(TextFirstBlock) == (1, 0)
+
+
+def test_discovery_is_stable_after_registering_read_blocks():
+    """Reading a block class registers it with diffusers; that must not make other lists of it look like stacks
+    (Lumina2's noise and context refiners hold the class of its `layers`)."""
+    pipe = tiny_zoo.build("lumina2").pipe
+    first = disc.discover(pipe)
+    assert first.block_lists == ("layers",) and disc.discover(pipe) == first

@@ -39,6 +39,9 @@ DENOISERS = ("transformer", "transformer_2", "unet", "prior", "decoder", "transf
 """Pipeline components that denoise (the engine hooks `transformer` and Wan2.2's `transformer_2`)."""
 EXPERT_PREFIXES = ("high/", "low/", "transformer/", "transformer_2/")
 """Stream-name prefixes of two-transformer pipelines: Wan2.2's experts (boundary_ratio), else attribute names."""
+READ_HERE: set[type] = set()
+"""Block classes whose return layout discovery read and registered: not evidence of a block list next time
+(Lumina2's refiner lists hold the class of its main `layers`)."""
 _CONTEXT = re.compile(r"""cache_context\(\s*["'](\w+)["']""")
 REGISTER_HINT = ("register it: ertacli.register_block({cls}, hidden_index=0, encoder_index=None) with the "
                  "positions its forward returns, or ertacli.register_backbone(Backbone(...)) for the pipeline")
@@ -126,7 +129,8 @@ def block_lists(transformer) -> tuple[str, ...]:
 
     lists = [(name, mod) for name, mod in transformer.named_children()
              if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0]
-    known = tuple(name for name, mod in lists if DiffusersBlocks.known(type(mod[0])))
+    known = tuple(name for name, mod in lists
+                  if DiffusersBlocks.known(type(mod[0])) and type(mod[0]) not in READ_HERE)
     if known:
         return _same_stream(transformer, known)
     found = _same_stream(transformer, tuple(name for name, _ in lists if name in CONVENTIONAL))
@@ -164,6 +168,7 @@ def ensure_block_metadata(transformer, lists: tuple[str, ...]) -> None:
         for cls in {type(b) for b in getattr(transformer, name)}:
             if not DiffusersBlocks.known(cls):
                 register_block(cls, *read_block_returns(cls))
+                READ_HERE.add(cls)
 
 
 def context_names(pipeline_cls: type) -> tuple[str, ...]:

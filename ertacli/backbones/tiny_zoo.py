@@ -216,7 +216,8 @@ def sana() -> Tiny:
     pipe = SanaPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=tr, scheduler=_flow(shift=3.0))
     return Tiny(pipe, _encoder(8, mask="prompt_attention_mask", negative=True,
                                neg_mask="negative_prompt_attention_mask"),
-                dict(num_inference_steps=8, height=32, width=32, guidance_scale=4.5, use_resolution_binning=False, negative_prompt=None))
+                dict(num_inference_steps=8, height=32, width=32, guidance_scale=4.5, use_resolution_binning=False,
+                     negative_prompt=None))
 
 
 def pixart_sigma() -> Tiny:
@@ -233,7 +234,8 @@ def pixart_sigma() -> Tiny:
                                scheduler=DDIMScheduler())
     return Tiny(pipe, _encoder(32, mask="prompt_attention_mask", negative=True,
                                neg_mask="negative_prompt_attention_mask"),
-                dict(num_inference_steps=8, height=16, width=16, guidance_scale=4.5, use_resolution_binning=False, negative_prompt=None))
+                dict(num_inference_steps=8, height=16, width=16, guidance_scale=4.5, use_resolution_binning=False,
+                     negative_prompt=None))
 
 
 def lumina2() -> Tiny:

@@ -24,7 +24,8 @@ def run_search(job: Job, lambdas: list[float], profile_dir: str | None = None,
         check_lambda(lam)
     profile, pdir = find_or_make_profile(job, profile_dir)
     if nfe is not None:
-        cached_steps = cached_for(list(profile["branches"]), job.recipe.sampling.steps, nfe, job.recipe.name)
+        cached_steps = cached_for(list(profile["branches"]), job.recipe.sampling.steps, nfe, job.recipe.name,
+                                  profile.get("streams"))
     if job.recipe.search.auto:
         return run_auto(job, lambdas, (profile, pdir), cached_steps, target_speedup)
     samples, sampler, ident, cc = job.calibration(), job.sampler, job.identity(pdir), job.recipe.cache

@@ -103,7 +103,8 @@ def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, prof
     """Rows at one target NFE: every preset (best on calibration PSNR marked), then the peers; and the plans."""
     from ..calibration.search import cached_for
 
-    cached = cached_for(list(profile["branches"]), job.recipe.sampling.steps, nfe, job.recipe.name)
+    cached = cached_for(list(profile["branches"]), job.recipe.sampling.steps, nfe, job.recipe.name,
+                        profile.get("streams"))
     ours, plans = [], []
     for name in presets:
         jv, plan_dir, plan = preset_plan(job, name, cached, profile_dir)
