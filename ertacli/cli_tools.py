@@ -17,8 +17,8 @@ from .errors import UserError
 def recipes_cmd(action: Optional[str] = typer.Argument(None, help="`new`: write a recipe (with --from)."),
                 source: Optional[str] = typer.Option(None, "--from", help="recipes new: a diffusers pipeline folder "
                                                      "(model_index.json) or hub id."),
-                out: Optional[str] = typer.Option(None, "--out", help="recipes new: where to write it "
-                                                  "(default ./recipes/NAME.yaml)."),
+                out: Optional[Path] = typer.Option(None, "--out", "-o", help="recipes new: where to write it "
+                                                   "(default ./recipes/NAME.yaml)."),
                 force: bool = typer.Option(False, "--force", help="recipes new: replace an existing file."),
                 methods: bool = typer.Option(False, "--methods", hidden=True,
                                              help="Deprecated: use `ertacache methods`.")) -> None:
@@ -52,12 +52,12 @@ def recipes_cmd(action: Optional[str] = typer.Argument(None, help="`new`: write 
     finish(f"{len(rows)} recipes ({sum(isinstance(r, str) for _, r in list_recipes())} invalid)")
 
 
-def _recipes_new(action: str, source: Optional[str], out: Optional[str], force: bool) -> None:
+def _recipes_new(action: str, source: Optional[str], out: Optional[Path], force: bool) -> None:
     from .backbones.recipe_writer import write_recipe
 
     if action != "new" or not source:
         raise UserError("usage: ertacache recipes new --from MODEL_DIR_OR_HUB_ID [--out FILE] (or `recipes` to list)")
-    path = write_recipe(source, out, force)
+    path = write_recipe(source, str(out) if out is not None else None, force)
     finish(f"wrote {path}: run it with --model {path}")
 
 

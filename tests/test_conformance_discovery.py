@@ -71,7 +71,7 @@ def test_unreadable_transformer_is_one_line():
 
 def test_register_block_is_public():
     ertacli.register_block(TextFirstBlock, hidden_index=1, encoder_index=0)
-    assert disc.DiffusersBlocks.get(TextFirstBlock) == (1, 0)
+    assert disc.DiffusersPrivate.get(TextFirstBlock) == (1, 0)
 
 
 def test_discovery_is_stable_after_registering_read_blocks():

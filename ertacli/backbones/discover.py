@@ -13,7 +13,7 @@
 
 The registry (`ertacli.register_backbone`) stays for overrides: `backbone_of` returns a registered Backbone
 when the pipeline's class name has one, else the discovered one. Everything that touches diffusers' private
-block registry is in `DiffusersBlocks` below (one place to adapt when diffusers changes it).
+names is in `DiffusersPrivate` below (one place to adapt when diffusers changes it).
 """
 
 from __future__ import annotations
@@ -47,8 +47,14 @@ REGISTER_HINT = ("register it: ertacli.register_block({cls}, hidden_index=0, enc
                  "positions its forward returns, or ertacli.register_backbone(Backbone(...)) for the pipeline")
 
 
-class DiffusersBlocks:
-    """diffusers' private block registry (`diffusers.hooks._helpers.TransformerBlockRegistry`), wrapped here."""
+class DiffusersPrivate:
+    """What discovery reads from diffusers' private names, in one place: the block registry
+    (`diffusers.hooks._helpers.TransformerBlockRegistry`) and a pipeline's `_pack_latents`."""
+
+    @staticmethod
+    def packs_latents(pipe) -> bool:
+        """Whether the pipeline packs its latents into (B, tokens, C) before the loop."""
+        return callable(getattr(pipe, "_pack_latents", None))
 
     @staticmethod
     def _registry():
@@ -86,7 +92,7 @@ def register_block(block_cls: type, hidden_index: int = 0, encoder_index: int | 
     """
     if not isinstance(block_cls, type):
         raise UserError(f"register_block needs a block class, got {block_cls!r}")
-    DiffusersBlocks.register(block_cls, int(hidden_index), None if encoder_index is None else int(encoder_index))
+    DiffusersPrivate.register(block_cls, int(hidden_index), None if encoder_index is None else int(encoder_index))
 
 
 def _root_name(node: ast.AST) -> str | None:
@@ -130,7 +136,7 @@ def block_lists(transformer) -> tuple[str, ...]:
     lists = [(name, mod) for name, mod in transformer.named_children()
              if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0]
     known = tuple(name for name, mod in lists
-                  if DiffusersBlocks.known(type(mod[0])) and type(mod[0]) not in READ_HERE)
+                  if DiffusersPrivate.known(type(mod[0])) and type(mod[0]) not in READ_HERE)
     if known:
         return _same_stream(transformer, known)
     found = _same_stream(transformer, tuple(name for name, _ in lists if name in CONVENTIONAL))
@@ -166,7 +172,7 @@ def ensure_block_metadata(transformer, lists: tuple[str, ...]) -> None:
     """Register, with diffusers, the return layout of every block class in the stack it does not know yet."""
     for name in lists:
         for cls in {type(b) for b in getattr(transformer, name)}:
-            if not DiffusersBlocks.known(cls):
+            if not DiffusersPrivate.known(cls):
                 register_block(cls, *read_block_returns(cls))
                 READ_HERE.add(cls)
 
@@ -182,7 +188,7 @@ def context_names(pipeline_cls: type) -> tuple[str, ...]:
 
 def layout(pipe, transformer, media: str) -> tuple[str, int]:
     """(latent layout, channel axis) of the transformer's input."""
-    if callable(getattr(pipe, "_pack_latents", None)):
+    if DiffusersPrivate.packs_latents(pipe):
         return "packed", -1
     if media == "image":
         return "BCHW", 1
@@ -192,7 +198,7 @@ def layout(pipe, transformer, media: str) -> tuple[str, int]:
 
 
 def media_of(pipe) -> str:
-    """"video" when the pipeline's call takes num_frames, else "image"."""
+    """The media: video when the pipeline's call takes num_frames, else image."""
     try:
         params = inspect.signature(type(pipe).__call__).parameters
     except (TypeError, ValueError):
