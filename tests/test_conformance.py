@@ -21,6 +21,10 @@ PROMPTS = ["a red fox", "a blue bird"]
 NO_RESET = "repeated calls need call-start detection in the engine (issue 22 point 5, h3)"
 REPEAT_XFAIL = {"sd3", "sana", "pixart-sigma", "lumina2"}
 UNSUPPORTED: dict[str, str] = {}
+# Streams each family's call runs: cache_context names, else one stream per call position in a step.
+BRANCHES = {"flux": ["cond"], "wan2.1-t2v": ["cond", "uncond"], "sd3": ["cond_uncond"],
+            "chroma": ["cond_uncond", "call1"], "lumina2": ["cond_uncond", "call1"], "cogview4": ["cond", "uncond"],
+            "sana": ["cond_uncond"], "qwen-image-edit": ["cond"], "wan2.1-i2v": ["cond", "uncond"]}
 FAMILIES = [pytest.param(f, marks=pytest.mark.xfail(reason=UNSUPPORTED[f], strict=True)) if f in UNSUPPORTED else f
             for f in tiny_zoo.FAMILIES if f != "wan2.2-moe"]
 
@@ -54,6 +58,7 @@ def test_family(tiny, tmp_path, request):
 
     plan0 = _calibrate(tiny, lam=0.0)  # calibrate(lam=0) caches nothing
     assert plan0.n_cached == 0 and plan0.nfe == steps * len(plan0.branches)
+    assert plan0.branches == BRANCHES.get(family, plan0.branches)
     ertacli.enable_cache(tiny.pipe, plan0)
     assert torch.equal(_run(tiny), ref), "hooks on, nothing cached: output differs from uncached"
     uncached_nfe = ertacli.last_call_stats(tiny.pipe)["nfe"]

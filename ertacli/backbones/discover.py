@@ -34,7 +34,9 @@ CONVENTIONAL = ("transformer_blocks", "single_transformer_blocks", "blocks", "la
 UNBATCHED = ("txt_ids", "img_ids", "image_rotary_emb", "rope_interpolation_scale")
 """Transformer arguments that carry no batch dimension (micro-batching leaves them whole) when forward takes them."""
 NO_CONTEXT_BRANCH = "cond_uncond"
-"""The one stream of a pipeline that names no cache_context (a batched CFG call is one branch)."""
+"""The first stream of a pipeline that names no cache_context (a batched CFG call is one branch)."""
+NO_CONTEXT_BRANCHES = (NO_CONTEXT_BRANCH, "call1")
+"""Its streams: a second call within a step (an unbatched negative prompt) is `call1` (engine/positions.py)."""
 DENOISERS = ("transformer", "transformer_2", "unet", "prior", "decoder", "transformer_3")
 """Pipeline components that denoise (the engine hooks `transformer` and Wan2.2's `transformer_2`)."""
 EXPERT_PREFIXES = ("high/", "low/", "transformer/", "transformer_2/")
@@ -224,7 +226,7 @@ def branches_by_name(pipeline: str) -> tuple[str, ...]:
 
     if is_registered(pipeline) or not is_diffusers_pipeline(pipeline):
         return tuple(get_backbone(pipeline).branches)  # a name that is neither: the one-line "unknown" error
-    return context_names(getattr(diffusers, pipeline)) or (NO_CONTEXT_BRANCH,)
+    return context_names(getattr(diffusers, pipeline)) or NO_CONTEXT_BRANCHES
 
 
 def with_experts(pipe, backbone: Backbone) -> Backbone:
@@ -261,7 +263,7 @@ def discover(pipe) -> Backbone:
         params = inspect.signature(transformer.forward).parameters
     except (TypeError, ValueError):
         params = {}
-    return Backbone(pipeline=name, media=media, branches=names or (NO_CONTEXT_BRANCH,), latent_layout=lay,
+    return Backbone(pipeline=name, media=media, branches=names or NO_CONTEXT_BRANCHES, latent_layout=lay,
                     channel_dim=ch, block_lists=lists, default_scheduler=type(pipe.scheduler).__name__,
                     unbatched_args=tuple(a for a in UNBATCHED if a in params),
                     default_branch=names[0] if len(names) == 1 else "default" if names else NO_CONTEXT_BRANCH)

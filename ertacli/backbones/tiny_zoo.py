@@ -119,8 +119,9 @@ def chroma() -> Tiny:
                                   approximator_layers=1).eval()
     pipe = ChromaPipeline(scheduler=_flow(shift=1.0), vae=_image_vae(4), text_encoder=None, tokenizer=None,
                           transformer=tr)
-    return Tiny(pipe, _encoder(32, mask="prompt_attention_mask", bool_mask=True),
-                dict(num_inference_steps=8, height=16, width=16, guidance_scale=1.0))
+    return Tiny(pipe, _encoder(32, mask="prompt_attention_mask", bool_mask=True, negative=True,
+                               neg_mask="negative_prompt_attention_mask"),
+                dict(num_inference_steps=8, height=16, width=16, guidance_scale=4.0))  # CFG: two calls a step
 
 
 def _wan_transformer(**over):
@@ -249,8 +250,9 @@ def lumina2() -> Tiny:
                                    cap_feat_dim=8).eval()
     pipe = Lumina2Pipeline(transformer=tr, scheduler=_flow(), vae=_image_vae(4), text_encoder=None,
                            tokenizer=None)
-    return Tiny(pipe, _encoder(8, mask="prompt_attention_mask"),
-                dict(num_inference_steps=8, height=16, width=16, guidance_scale=1.0))
+    return Tiny(pipe, _encoder(8, mask="prompt_attention_mask", negative=True,
+                               neg_mask="negative_prompt_attention_mask"),
+                dict(num_inference_steps=8, height=32, width=32, guidance_scale=4.0))  # CFG: two calls a step
 
 
 def cogview4() -> Tiny:

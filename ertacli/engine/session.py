@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .hooks import apply_ertacache, remove_ertacache, reset_ertacache
+from .positions import apply_positions, remove_positions
 from .schedule import make_planned_scheduler
 
 ADJUSTABLE = ("FlowMatchEulerDiscreteScheduler",)
@@ -47,9 +48,10 @@ class Session:
         hooked = self.transformers()
         shared = {} if len(hooked) > 1 else None
         for transformer, prefix in hooked:
-            apply_ertacache(transformer, bb.block_lists, self.controller, self.controller.residual,
-                            self.micro_batch, bb.unbatched_args, bb.default_branch, compile=self.compile,
-                            prefix=prefix, shared_steps=shared)
+            states = apply_ertacache(transformer, bb.block_lists, self.controller, self.controller.residual,
+                                     self.micro_batch, bb.unbatched_args, bb.default_branch, compile=self.compile,
+                                     prefix=prefix, shared_steps=shared)
+            apply_positions(transformer, states)  # unnamed calls: one stream per call position in a step
         try:
             if self.controller.schedule is not None:
                 pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)
@@ -67,6 +69,7 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.pipe.scheduler = self._scheduler
         for transformer, _ in self.transformers():
+            remove_positions(transformer)
             remove_ertacache(transformer)
 
     def fresh(self) -> None:

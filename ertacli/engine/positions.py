@@ -1,0 +1,72 @@
+"""One stream per call position within a step, for pipelines that name no `cache_context`.
+
+Chroma, FluxKontext (true CFG) and Lumina2 call the transformer twice per step (the prompt, then the negative
+prompt) without naming the calls. The first call of a step runs under the backbone's default branch
+(`cond_uncond`); a later call at the same timestep runs as `call1`, `call2`, ... so each is its own stream
+(SPEC "Any diffusers DiT": a pipeline that sets none has one stream per call position within a step). The hook
+sits outside the step hook and only names calls the pipeline left unnamed.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import CacheContext
+
+POSITION_HOOK = "ertacache_position"
+
+
+def position_name(default: str, position: int) -> str:
+    """The branch name of the call at `position` (0-based) within a step."""
+    return default if position == 0 else f"call{position}"
+
+
+class PositionHook(ModelHook):
+    """Names unnamed transformer calls by their position within the step (same timestep = same step)."""
+
+    _is_stateful = True
+
+    def __init__(self, states):
+        super().__init__()
+        self.engine_states = states  # the step hook's StateManager (not a field diffusers sets contexts on)
+        self.reset_state(None)
+
+    def new_forward(self, module, *args, **kwargs):
+        states = self.engine_states
+        if states._context is not None:  # the pipeline named this call
+            return self.fn_ref.original_forward(*args, **kwargs)
+        t = kwargs.get("timestep")
+        same = t is not None and self.last is not None and _same(t, self.last)
+        self.position = self.position + 1 if same else 0
+        self.last = t.detach().clone() if isinstance(t, torch.Tensor) else t
+        default = getattr(states, "default_branch", "default")
+        states.set_context(CacheContext(name=position_name(default, self.position)))
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            states.set_context(None)
+
+    def reset_state(self, module):
+        self.position, self.last = 0, None
+        return module
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a.to(b.device), b))
+    return a == b
+
+
+def apply_positions(transformer: torch.nn.Module, states) -> None:
+    """Attach the position hook outside the step hook (call after `apply_ertacache`)."""
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if POSITION_HOOK in registry.hooks:
+        registry.remove_hook(POSITION_HOOK, recurse=False)
+    registry.register_hook(PositionHook(states), POSITION_HOOK)
+
+
+def remove_positions(transformer: torch.nn.Module) -> None:
+    """Detach the position hook (a no-op when none is attached)."""
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if POSITION_HOOK in registry.hooks:
+        registry.remove_hook(POSITION_HOOK, recurse=False)
