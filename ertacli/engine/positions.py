@@ -4,7 +4,8 @@ Chroma, FluxKontext (true CFG) and Lumina2 call the transformer twice per step (
 prompt) without naming the calls. The first call of a step runs under the backbone's default branch
 (`cond_uncond`); a later call at the same timestep runs as `call1`, `call2`, ... so each is its own stream
 (SPEC "Any diffusers DiT": a pipeline that sets none has one stream per call position within a step). The hook
-sits outside the step hook and only names calls the pipeline left unnamed.
+sits outside the step hook and only names calls the pipeline left unnamed; it has no `new_forward` (pre- and
+post-forward only), so removing a hook inside it leaves it calling the right forward.
 """
 
 from __future__ import annotations
@@ -31,23 +32,29 @@ class PositionHook(ModelHook):
         self.engine_states = states  # the step hook's StateManager (not a field diffusers sets contexts on)
         self.reset_state(None)
 
-    def new_forward(self, module, *args, **kwargs):
+    def pre_forward(self, module, *args, **kwargs):
         states = self.engine_states
-        if states._context is not None:  # the pipeline named this call
-            return self.fn_ref.original_forward(*args, **kwargs)
+        if states._context is not None and not self.named:  # the pipeline named this call
+            return args, kwargs
         t = kwargs.get("timestep")
         same = t is not None and self.last is not None and _same(t, self.last)
         self.position = self.position + 1 if same else 0
         self.last = t.detach().clone() if isinstance(t, torch.Tensor) else t
         default = getattr(states, "default_branch", "default")
         states.set_context(CacheContext(name=position_name(default, self.position)))
-        try:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        finally:
-            states.set_context(None)
+        self.named = True
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        if self.named:
+            self.engine_states.set_context(None)
+            self.named = False
+        return output
 
     def reset_state(self, module):
-        self.position, self.last = 0, None
+        if getattr(self, "named", False):
+            self.engine_states.set_context(None)
+        self.position, self.last, self.named = 0, None, False
         return module
 
 

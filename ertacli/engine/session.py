@@ -48,6 +48,7 @@ class Session:
         hooked = self.transformers()
         shared = {} if len(hooked) > 1 else None
         for transformer, prefix in hooked:
+            remove_positions(transformer)  # outermost first: a hook left inside would call a removed one
             states = apply_ertacache(transformer, bb.block_lists, self.controller, self.controller.residual,
                                      self.micro_batch, bb.unbatched_args, bb.default_branch, compile=self.compile,
                                      prefix=prefix, shared_steps=shared)
