@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Lint first (ruff, pyflakes' rules: pyproject [tool.ruff]), then the tests.
 test: $(STAMP)
+	$(BIN)/ruff check ertacli tests
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -52,7 +52,7 @@ def test_adapter_lambda_zero_equals_plain_loop():
     """Hooks attached, nothing cached: the adapter pipeline's output equals its run without hooks."""
     from ertacli.backbones.loader import load_pipeline
     from ertacli.backbones.sampler import run_batch
-    from ertacli.engine import ApplyController, Session
+    from ertacli.engine import ApplyController
     from ertacli.recipe import resolve_recipe
 
     recipe = resolve_recipe("toy-adapter", ["sampling.steps=6"])

@@ -108,7 +108,6 @@ def test_fit_plan_round_trip_replays_fit_trajectory(results, monkeypatch, capsys
     from ertacli.calibration.samples import Samples
     from ertacli.runs.job import Job
     from ertacli.calibration.passes import apply_controller
-    from ertacli.engine import Session
     from ertacli.plan import load_plan
 
     plan_dir = _search_one(results, monkeypatch, capsys, "0.5")

@@ -36,7 +36,7 @@ def _snapshot(counters) -> dict:
 def _runs(recipe_name: str, compile_: bool) -> tuple[list, list]:
     """Latents and NFE of an uncached warm-up run, then one run per plan in CACHED, on one loaded pipeline."""
     from ertacli.backbones.loader import load_pipeline
-    from ertacli.engine import ApplyController, Session
+    from ertacli.engine import ApplyController
     from ertacli.recipe import resolve_recipe
 
     recipe = resolve_recipe(recipe_name, [f"sampling.steps={STEPS}"])

@@ -12,7 +12,6 @@ from ertacli.engine import (
     LiveSchedule,
     RecordController,
     SearchController,
-    Session,
     check_adjustable,
 )
 from ertacli.engine.rectify import coeff_shape
@@ -179,7 +178,7 @@ def _reference_latent(loaded, calls, sigmas, S):
     """The paper's literal loop: r = v - x on computed steps, v~ = x + r on cached ones (no model call)."""
     tr = loaded.pipe.transformer
     x = calls[0]["hidden_states"]
-    n_calls = 0
+    n_calls, r = 0, None  # r: the residual of the last computed step (step 0 always computes)
     with torch.no_grad():
         for k, kw in enumerate(calls):
             if k in S:

@@ -41,7 +41,7 @@ def _rgb(latents: torch.Tensor) -> torch.Tensor:
 
 
 def test_trained_pipelines_load(flux, wan):
-    (lf, rf), (lw, rw) = flux, wan
+    (lf, rf), (lw, _) = flux, wan
     assert type(lf.transformer).__name__ == "FluxTransformer2DModel"
     assert type(lw.transformer).__name__ == "WanTransformer3DModel"
     assert isinstance(lf.encoder, MiniLMTextEncoder) and lf.encoder.style == "flux"
