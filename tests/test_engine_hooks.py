@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ertacli.backbones.sampler import run_batch
 from ertacli.engine import (
     ApplyController,
     FitController,
@@ -16,7 +15,7 @@ from ertacli.engine import (
 )
 from ertacli.engine.rectify import coeff_shape
 
-from conftest import LoadedSession, PROMPTS, SEEDS
+from conftest import PROMPTS, SEEDS, LoadedSession, run_batch
 
 
 def _plain(loaded, recipe):

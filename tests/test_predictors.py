@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ertacli.backbones.sampler import run_batch
 from ertacli.engine import ApplyController, FitController, LiveSchedule, RecordController
 from ertacli.engine.predict import Predictor, newton_term
 
-from conftest import LoadedSession, PROMPTS, SEEDS
+from conftest import PROMPTS, SEEDS, LoadedSession, run_batch
 
 
 def _with(loaded, recipe, controller):

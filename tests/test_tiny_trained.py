@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli
+from conftest import cli, run_batch
 from ertacli.backbones.loader import load_pipeline, model_path
 from ertacli.backbones.minilm import DIM, MAX_TOKENS, MiniLMTextEncoder
-from ertacli.backbones.sampler import run_batch
 from ertacli.evaluation.metrics import compute_metrics
 from ertacli.recipe import resolve_recipe
 from ertacli.tinytrain.classifier import batch_accuracy, prompt_digit
