@@ -13,8 +13,8 @@ from ertacli.backbones.loader import load_pipeline, model_path
 from ertacli.backbones.minilm import DIM, MAX_TOKENS, MiniLMTextEncoder
 from ertacli.evaluation.metrics import compute_metrics
 from ertacli.recipe import resolve_recipe
-from ertacli.tinytrain.classifier import batch_accuracy, prompt_digit
-from ertacli.tinytrain.data import DIGIT_WORDS, digits, render_images, render_videos
+from ertacli.evaluation.digit_classifier import batch_accuracy, prompt_digit
+from ertacli.evaluation.digit_data import DIGIT_WORDS, digits, render_images, render_videos
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -49,7 +49,7 @@ def uncalibrated_plan(job: Job, n_cached: int, predictor: str):
 
 def time_uniform(job: Job, samples: Samples, n_cached: int, predictor: str, baseline) -> dict:
     """Paired timing of one uniform cache (whole call and inside the transformer); NFE as counted in its last call."""
-    from ..evaluation.runners import PlanRunner
+    from ..runs.plan_runner import PlanRunner
     from .eval import timed
 
     runner = PlanRunner(job.sampler, uncalibrated_plan(job, n_cached, predictor))

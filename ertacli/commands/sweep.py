@@ -18,7 +18,7 @@ def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path, timed_too: 
 
     from ..api import plan_controller
     from ..calibration.passes import calibration_pass
-    from ..evaluation.runners import PlanRunner
+    from ..runs.plan_runner import PlanRunner
     from ..evaluation.scoring import mean_psnr
     from ..plan import load_plan
     from ..runs.media import to_uint8
