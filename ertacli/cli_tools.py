@@ -9,22 +9,19 @@ from typing import List, Optional
 import typer
 
 from .cli_app import app, finish, say, show
-from .cli_options import SetOpt, deprecated, integers
+from .cli_options import SetOpt, integers, retired, retired_opt
 from .errors import UserError
 
 
 @app.command("recipes")
-def recipes_cmd(methods: bool = typer.Option(False, "--methods", hidden=True,
-                                             help="Deprecated: use `ertacache methods`.")) -> None:
+def recipes_cmd(methods: bool = retired_opt("recipes", "--methods", flag=True)) -> None:
     """List the recipes: name, pipeline class, steps, size/frames, branches, method, and where each was found."""
     from .assets import available_recipes
     from .backbones import get_backbone
     from .presets import preset_of
     from .recipe import list_recipes
 
-    if methods:
-        deprecated("recipes", "--methods")
-        return methods_cmd()
+    retired("recipes", "--methods", methods)
     rows = []
     origin = {found.name: found.origin for found in available_recipes()}
     for name, r in list_recipes():
@@ -102,7 +99,7 @@ def runs_cmd(clean: bool = typer.Option(False, "--clean", help="Remove the ones 
 
 @app.command("estimate")
 def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of eval prompts."),
-                 old_prompts: Optional[int] = typer.Option(None, "--prompts", hidden=True, help="Deprecated: --n-prompts."),
+                 old_prompts: Optional[str] = retired_opt("estimate", "--prompts"),
                  seeds: int = typer.Option(5, "--seeds", help="Videos per prompt."),
                  baseline_seconds: float = typer.Option(..., "--baseline-seconds", help="Measured uncached latency per video."),
                  cached_seconds: float = typer.Option(..., "--cached-seconds", help="Measured cached latency per video."),
@@ -112,9 +109,7 @@ def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", he
     """Expected wall time of a data-parallel eval (baseline + cached) on N GPUs, from measured latencies."""
     from .commands.estimate import estimate_rows
 
-    if old_prompts is not None:
-        deprecated("estimate", "--prompts")
-    n_prompts = n_prompts if n_prompts is not None else old_prompts
+    retired("estimate", "--prompts", old_prompts)
     if n_prompts is None:
         raise UserError("estimate needs --n-prompts N (the number of eval prompts)")
     counts = integers([gpus], "--gpus")

@@ -74,7 +74,7 @@ def run_overhead(job: Job, ratios: list[float], predictors: list[str]) -> tuple:
 
     unknown = [p for p in predictors if p not in PREDICTORS]
     if unknown:
-        raise UserError(f"--predictor {unknown[0]!r}: choose from {', '.join(PREDICTORS)}")
+        raise UserError(f"--predictors {unknown[0]!r}: choose from {', '.join(PREDICTORS)}")
     counts = cached_counts(job.recipe.sampling.steps, ratios)
     samples = job.eval_samples().first(job.recipe.eval.timing_samples)
     baseline = baseline_runner(job.sampler, job.recipe.cache.residual)
