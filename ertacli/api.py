@@ -203,7 +203,7 @@ def method_settings(method: str):
 def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam: float | None = None,
               nfe: int | None = None, target_speedup: float | None = None, method: str = "ertacache-x1",
               prompt_encoder: Callable[[list[str]], dict] | None = None, backbone: str | None = None,
-              holdout: float = 0.25, micro_batch: int = 0, save_to: str | None = None, quiet: bool = True,
+              holdout: float = 0.25, micro_batch: int = 0, save_to: str | None = None, quiet: bool = False,
               auto_trials: int = 40, **call_kwargs) -> Plan:
     """profile -> search -> fit on your own pipeline, in memory; returns the fitted Plan (saved if `save_to`).
 
@@ -211,7 +211,8 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
     `method="auto"` searches the configuration at that target (`ertacli.calibration.auto`, at most
     `auto_trials` candidates scored on the held-out prompts); `save_to` then also writes auto.csv.
     `call_kwargs` are the pipeline-call settings (num_inference_steps, height, width, guidance_scale, ...);
-    prompts go through `prompt_encoder` (default: `prompt=`).
+    prompts go through `prompt_encoder` (default: `prompt=`, which needs the pipeline's text encoder). Progress
+    bars as the CLI shows them (`quiet=True`: none).
     """
     from .backbones.sampler import Sampler
     from .calibration.fit import fit_plan
@@ -223,6 +224,10 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
         raise UserError("calibrate needs exactly one of lam=, nfe= or target_speedup=")
     if "num_inference_steps" not in call_kwargs:
         raise UserError("calibrate needs num_inference_steps= (and the other settings you will generate with)")
+    if prompt_encoder is None:
+        from .backbones.text import check_pipeline_encodes_prompts
+
+        check_pipeline_encodes_prompts(pipe)
     cache_cfg, fit_settings = method_settings(method)
     bb = resolve_backbone(pipe, backbone)
     sampler = Sampler(pipe, bb, prompt_encoder or prompt_kwargs_encoder(), dict(call_kwargs),
