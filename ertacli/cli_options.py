@@ -42,6 +42,7 @@ DEPRECATED = {  # command: {old option: new option}; the old names still work, w
     "search": {"--predictor extrapolate": "--predictor extrapolate-1|extrapolate-2", "--order": "--predictor extrapolate-N",
                "--nfe": "--target-nfe"},
     "overhead": {"--predictor": "--predictors"},
+    "estimate": {"--seeds": "--n-seeds", "--calibration-prompts": "--n-calibration-prompts"},
 }
 """Old names whose values mean what the same name means elsewhere (`search --nfe 8`: the NFE target 8, as in
 `sweep --nfe 8`; `overhead --predictor reuse`: the predictor `search --predictor reuse` names)."""
@@ -65,6 +66,16 @@ def deprecated(command: str, old: str) -> None:
     from .runs.console import say
 
     say(f"warning: `{command} {old}` is deprecated; use {DEPRECATED[command][old]}", "yellow", stderr=True)
+
+
+def renamed(command: str, old: str, old_value, value, default):
+    """The value of a renamed option: the new name's, else the deprecated old name's (warned), else the default."""
+    if old_value is None:
+        return default if value is None else value
+    deprecated(command, old)
+    if value is not None:
+        raise UserError(f"give {DEPRECATED[command][old]} once (`{command} {old}` is its deprecated name)")
+    return old_value
 
 
 def retired_opt(command: str, old: str, flag: bool = False):

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from .cli_app import app, finish, say, show
-from .cli_options import SetOpt, integers, retired, retired_opt
+from .cli_options import SetOpt, integers, renamed, retired, retired_opt
 from .errors import UserError
 
 
@@ -100,11 +100,16 @@ def runs_cmd(clean: bool = typer.Option(False, "--clean", help="Remove the ones 
 @app.command("estimate")
 def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of eval prompts."),
                  old_prompts: Optional[str] = retired_opt("estimate", "--prompts"),
-                 seeds: int = typer.Option(5, "--seeds", help="Videos per prompt."),
+                 n_seeds: Optional[int] = typer.Option(None, "--n-seeds", help="Videos per prompt (default 5)."),
+                 old_seeds: Optional[int] = typer.Option(None, "--seeds", hidden=True, help="Deprecated: --n-seeds."),
                  baseline_seconds: float = typer.Option(..., "--baseline-seconds", help="Measured uncached latency per video."),
                  cached_seconds: float = typer.Option(..., "--cached-seconds", help="Measured cached latency per video."),
-                 gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts, comma list."),
-                 calibration_prompts: int = typer.Option(0, "--calibration-prompts", help="Number of calibration prompts."),
+                 gpus: Optional[List[str]] = typer.Option(None, "--gpus", help="GPU counts: repeat or comma list "
+                                                          "(default: 1,8,64)."),
+                 n_calibration: Optional[int] = typer.Option(None, "--n-calibration-prompts",
+                                                             help="Number of calibration prompts (default 0)."),
+                 old_calibration: Optional[int] = typer.Option(None, "--calibration-prompts", hidden=True,
+                                                               help="Deprecated: --n-calibration-prompts."),
                  calibration_passes: int = typer.Option(0, "--calibration-passes", help="profile + search + fit passes.")) -> None:
     """Expected wall time of a data-parallel eval (baseline + cached) on N GPUs, from measured latencies."""
     from .commands.estimate import estimate_rows
@@ -112,9 +117,11 @@ def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", he
     retired("estimate", "--prompts", old_prompts)
     if n_prompts is None:
         raise UserError("estimate needs --n-prompts N (the number of eval prompts)")
-    counts = integers([gpus], "--gpus")
-    rows = estimate_rows(n_prompts, seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
-                         calibration_prompts)
+    n_seeds = renamed("estimate", "--seeds", old_seeds, n_seeds, 5)
+    n_calibration = renamed("estimate", "--calibration-prompts", old_calibration, n_calibration, 0)
+    counts = integers(gpus or ["1,8,64"], "--gpus")
+    rows = estimate_rows(n_prompts, n_seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
+                         n_calibration)
     show(rows, "estimated wall time (hours), perfect data parallelism over prompts")
     finish("; ".join(f"{r['gpus']} GPUs: {r['total_hours']:.3g} h" for r in rows))
 

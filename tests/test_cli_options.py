@@ -113,6 +113,18 @@ def test_deprecated_alias_still_parses_and_warns(monkeypatch, capsys, args, warn
     assert warning in " ".join(err.split()) and code == 2 and "no-such-recipe" in err.splitlines()[-1]
 
 
+def test_estimate_old_spellings_work_with_a_warning(monkeypatch, capsys):
+    base = ["estimate", "--n-prompts", "10", "--baseline-seconds", "2", "--cached-seconds", "1"]
+    code, out, err = cli(monkeypatch, capsys, *base, "--seeds", "1", "--calibration-prompts", "0", "--gpus", "1,2")
+    assert code == 0 and "`estimate --seeds` is deprecated; use --n-seeds" in err
+    assert "`estimate --calibration-prompts` is deprecated; use --n-calibration-prompts" in " ".join(err.split())
+    assert out.strip().splitlines()[-1] == "done: 1 GPUs: 0.00833 h; 2 GPUs: 0.00417 h"
+    code, again, err = cli(monkeypatch, capsys, *base, "--n-seeds", "1", "--gpus", "1", "--gpus", "2")
+    assert code == 0 and not err and again.strip().splitlines()[-1] == out.strip().splitlines()[-1]
+    code, out, err = cli(monkeypatch, capsys, *base, "--n-seeds", "1", "--seeds", "2")
+    assert code == 2 and "give --n-seeds once (`estimate --seeds` is its deprecated name)" in err
+
+
 def test_search_takes_one_nfe_target(monkeypatch, capsys):
     for args in (["--nfe", "8,6"], ["--nfe", "8", "--target-nfe", "6"]):
         code, out, err = cli(monkeypatch, capsys, "search", "-m", "no-such-recipe", *args)
