@@ -177,7 +177,7 @@ def test_demo_table_and_ablation(results, monkeypatch, capsys):
 
 def test_sweep_compare_writes_table_and_plots(results, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "sweep", "-m", "tiny-flux-random", "--lambda", "0.5", "--compare",
-                         "--min-psnr", "20", *FAST)
+                         "--pick-psnr", "20", *FAST)
     assert code == 0, err
     (run,) = runs(results, "tiny-flux-random", "sweep")
     import pandas as pd
