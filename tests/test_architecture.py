@@ -113,7 +113,8 @@ def test_no_module_imports_another_modules_private_names():
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("ertacli", "ertacli.errors", "ertacli.dist", "ertacli.progress", "ertacli.choices")),
     ("models", ("ertacli.backbones", "ertacli.engine", "ertacli.assets")),
-    ("settings", ("ertacli.recipe", "ertacli.presets", "ertacli.plan", "ertacli.plan_check", "ertacli.export")),
+    ("settings", ("ertacli.recipe", "ertacli.presets", "ertacli.plan", "ertacli.plan_check", "ertacli.export",
+                  "ertacli.plan_settings", "ertacli.identity", "ertacli.limits")),
     ("evaluation", ("ertacli.evaluation",)),
     ("calibration", ("ertacli.calibration",)),
     ("api", ("ertacli.api",)),
