@@ -113,12 +113,12 @@ def test_no_module_imports_another_modules_private_names():
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("ertacli", "ertacli.errors", "ertacli.dist", "ertacli.progress", "ertacli.choices")),
     ("models", ("ertacli.backbones", "ertacli.engine", "ertacli.assets")),
-    ("settings", ("ertacli.recipe", "ertacli.presets", "ertacli.plan", "ertacli.plan_check", "ertacli.export",
-                  "ertacli.plan_settings", "ertacli.identity", "ertacli.limits")),
+    ("settings", ("ertacli.recipe", "ertacli.presets", "ertacli.plan", "ertacli.plan_check", "ertacli.plan_settings",
+                  "ertacli.identity", "ertacli.limits")),
     ("evaluation", ("ertacli.evaluation",)),
     ("calibration", ("ertacli.calibration",)),
     ("api", ("ertacli.api",)),
-    ("runs", ("ertacli.runs",)),
+    ("runs", ("ertacli.runs", "ertacli.export")),  # export writes files for other libraries, as run folders do
     ("commands", ("ertacli.commands", "ertacli.cli", "ertacli.cli_app", "ertacli.cli_options", "ertacli.cli_tools",
                   "ertacli.__main__")),
     ("tools", ("ertacli.tinytrain",)),
