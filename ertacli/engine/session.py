@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .config import ErtaCacheConfig
+from .diffusers_compat import unwrap, user_compiled
 from .hooks import apply_ertacache, remove_ertacache, reset_ertacache
 from .schedule import make_planned_scheduler
 
@@ -28,24 +30,38 @@ def check_adjustable(scheduler) -> None:
             + (", or set model.scheduler=flow-euler" if flow_prediction(scheduler) else ""))
 
 
+def backbone_config(backbone, controller, micro_batch: int = 0, compile: bool = False,
+                  compiled=None, stream_prefix: str = "") -> ErtaCacheConfig:
+    """The engine config for a registered backbone's transformer driven by `controller`."""
+    return ErtaCacheConfig(controller, tuple(backbone.block_lists), controller.residual, micro_batch,
+                           tuple(backbone.unbatched_args), backbone.default_branch, stream_prefix, compile, compiled)
+
+
 class Session:
     """Hooks on `pipe.transformer` driven by `controller` while the block is open; the scheduler is restored after.
 
-    `backbone` is the registered Backbone of the pipeline (block lists, unbatched args, default branch).
+    `backbone` is the registered Backbone of the pipeline (block lists, unbatched args, default branch). The hooks
+    go on the transformer itself even when `pipe.transformer` is a `torch.compile` wrapper (before or after this
+    session starts); either way, and with `compile=True`, each block class's own forward runs compiled.
     """
 
     def __init__(self, pipe, backbone, controller, micro_batch: int = 0, compile: bool = False):
         self.pipe, self.backbone, self.controller = pipe, backbone, controller
-        self.micro_batch, self.compile = micro_batch, compile
+        self.config = backbone_config(backbone, controller, micro_batch, compile, self.pipe_compiled)
+        self.transformer = None
         self._scheduler = None
 
+    def pipe_compiled(self) -> bool:
+        """Whether the pipeline's transformer is, right now, compiled by the user (wrapper or `.compile()`)."""
+        return user_compiled(self.pipe.transformer)
+
     def __enter__(self) -> "Session":
-        pipe, bb = self.pipe, self.backbone
+        pipe = self.pipe
         if self.controller.schedule is not None:
             check_adjustable(pipe.scheduler)
         self._scheduler = pipe.scheduler
-        apply_ertacache(pipe.transformer, bb.block_lists, self.controller, self.controller.residual,
-                        self.micro_batch, bb.unbatched_args, bb.default_branch, compile=self.compile)
+        self.transformer = unwrap(pipe.transformer)
+        apply_ertacache(self.transformer, self.config)
         try:
             if self.controller.schedule is not None:
                 pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)
@@ -56,9 +72,9 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.pipe.scheduler = self._scheduler
-        remove_ertacache(self.pipe.transformer)
+        remove_ertacache(self.transformer)
 
     def fresh(self) -> None:
         """Forget every branch's cache and counters before a pipeline call."""
-        reset_ertacache(self.pipe.transformer)
+        reset_ertacache(self.transformer)
         self.controller.begin()
