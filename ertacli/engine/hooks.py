@@ -155,7 +155,11 @@ class StepHook(ModelHook):
         state.step += 1
         hidden = cfg.residual == "hidden"
         self.forward_fn = self.fn_ref.original_forward if hidden else own_forward(self, module)
-        return cfg.controller.on_call(TransformerCall(self, args, kwargs, state, k, stream))
+        try:
+            return cfg.controller.on_call(TransformerCall(self, args, kwargs, state, k, stream))
+        except BaseException:  # an interrupted or refused call: the next transformer call starts a new one
+            cfg.clock.end()
+            raise
 
     def reset_state(self, module):
         """diffusers' reset after a pipeline call (transformers with its cache mixin): the next call starts anew."""
