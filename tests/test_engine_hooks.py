@@ -417,6 +417,14 @@ def test_private_helpers_still_behave(tiny_flux):
     assert (pair.hidden_arg, pair.hidden_index, pair.encoder_index) == ("hidden_states", 1, 0)
     assert pair.params[:2] == ("hidden_states", "encoder_hidden_states")
     assert (single.hidden_index, single.encoder_index) == (1, 0)
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    from ertacli.engine.diffusers_compat import block_output
+
+    h, e, h2 = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    out = block_output(TransformerBlockRegistry.get(FluxTransformerBlock), (h, e), {}, h2)
+    assert out[0] is e and out[1] is h2
+    assert pair.output((h, e), {}, h2) == out and pair.hidden_of(out) is h2
     # cache_context hands its CacheContext (name, step_index) to the StateManager of a stateful hook
     loaded, _ = tiny_flux
     tr = loaded.pipe.transformer

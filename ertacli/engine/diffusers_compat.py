@@ -2,7 +2,8 @@
 (`test_private_helpers_still_behave`) fails loudly when a diffusers or torch upgrade changes any of them.
 
 - `block_layout`: diffusers' private `TransformerBlockRegistry` (hooks/_helpers.py) says where a block class takes
-  and returns its hidden states; it is read once per class into our own `BlockLayout`.
+  and returns its hidden states; it is read once per class into our own `BlockLayout`. `block_output` serves
+  the peer caches (ertacli/evaluation) that hold diffusers' block metadata themselves.
 - `StreamStates`: a `StateManager` subclass; diffusers' `ModelMixin.cache_context(name, ...)` hands the
   `CacheContext` to every `StateManager` held by a stateful hook through `set_context` (public behaviour that
   `cache_context` relies on). We keep our own per-stream states and never read `StateManager` internals.
@@ -66,6 +67,18 @@ def block_layout(cls: type) -> BlockLayout:
             params, meta.hidden_states_argument_name, meta.encoder_hidden_states_argument_name,
             meta.return_hidden_states_index, meta.return_encoder_hidden_states_index)
     return layout
+
+
+def block_output(meta, args, kwargs, hidden: torch.Tensor):
+    """A block's return value with `hidden` as its hidden states, for hooks holding diffusers' block metadata
+    (the peer caches in ertacli/evaluation); the engine's own hooks use `BlockLayout.output`."""
+    if meta.return_encoder_hidden_states_index is None:
+        return hidden
+    enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+    ret = [None] * (max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1)
+    ret[meta.return_hidden_states_index] = hidden
+    ret[meta.return_encoder_hidden_states_index] = enc
+    return tuple(ret)
 
 
 class StreamStates(StateManager):

@@ -19,6 +19,7 @@ from diffusers.hooks.hooks import BaseState
 
 from .config import ErtaCacheConfig, progress_of
 from .diffusers_compat import StreamStates, block_layout, unwrap, user_compiled
+from .diffusers_compat import block_output  # noqa: F401  (the peer caches' hooks import it from here)
 
 STEP_HOOK = "ertacache_step"
 HEAD_HOOK = "ertacache_head"
