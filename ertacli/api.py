@@ -111,7 +111,9 @@ def plan_controller(plan: Plan, channel_dim: int):
 def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile: bool = False) -> Plan:
     """Attach a plan's cache to `pipe` (a diffusers pipeline, or a bare transformer with `backbone=`).
 
-    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan.
+    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan. `compile=True`
+    compiles each transformer block class's forward once (the caching logic stays eager); compiling the
+    transformer yourself (`torch.compile`, `.compile()`, `.compile_repeated_blocks()`, before or after) does the same.
     """
     from .engine import Session
     from .plan import load_plan, validate

@@ -467,7 +467,7 @@ def test_sd3_three_cached_calls_without_diffusers_reset(tmp_path):
     assert not isinstance(loaded.pipe.transformer, CacheMixin)  # else this test checks nothing new
     encode = lambda prompts: loaded.encoder.pipeline_kwargs(list(prompts), "")
     settings = dict(num_inference_steps=6, height=32, width=32, guidance_scale=4.0)
-    plan = ertacli.calibrate(loaded.pipe, ["a red circle", "two blue squares"], seeds=[0], nfe=4,
+    plan = ertacli.calibrate(loaded.pipe, ["a red circle", "two blue squares"], seeds=[0], nfe=4, method="ertacache",
                              prompt_encoder=encode, **settings)
     assert plan.nfe == 4
 
