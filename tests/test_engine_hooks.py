@@ -394,6 +394,17 @@ def test_call_clock_step_index_and_two_transformers():
     assert _ticks(CallClock(_Ctl(1)), [("cond", (0.0, True))] * 3) == [1, 2, 3]
 
 
+def test_progress_of_a_call():
+    """The step index when the pipeline gives one; else minus the largest timestep (per-token timesteps too)."""
+    from ertacli.engine.config import progress_of
+
+    per_token = torch.tensor([[0.0, 700.0, 700.0], [0.0, 700.0, 700.0]])  # Wan2.2 TI2V: first frame at t=0
+    assert progress_of(None, {"timestep": per_token}) == (-700.0, False)
+    assert progress_of(None, {"timestep": 500}) == (-500.0, False)
+    assert progress_of(3, {"timestep": per_token}) == (3.0, True)
+    assert progress_of(None, {}) is None
+
+
 def test_call_clock_without_progress_counts_steps():
     """No timestep or step index: a stream's T calls make a pipeline call; equal timesteps do not restart."""
     from ertacli.engine import CallClock
@@ -444,13 +455,10 @@ def test_private_helpers_still_behave(tiny_flux):
     assert not user_compiled(tr)
     wrapped = torch.compile(tr, backend="eager")
     assert user_compiled(wrapped) and unwrap(wrapped) is tr
-    block = tr.transformer_blocks[0]
-    block.compile(backend="eager")
-    try:
-        assert user_compiled(block)
-    finally:
-        block._compiled_call_impl = None
+    block = torch.nn.Linear(2, 2)  # not the shared pipeline's: .compile() cannot be undone publicly
     assert not user_compiled(block)
+    block.compile(backend="eager")
+    assert user_compiled(block)
 
 
 def test_sd3_three_cached_calls_without_diffusers_reset(tmp_path):
