@@ -492,3 +492,38 @@ def test_sd3_three_cached_calls_without_diffusers_reset(tmp_path):
     assert nfes == [{"cond_uncond": 4}] * 3
     assert all(torch.equal(o, outs[0]) for o in outs) and not torch.equal(outs[0], plain)
     assert torch.equal(call(), plain)
+
+
+def test_two_denoisers_prefixed_streams_share_one_clock(tiny_flux):
+    """Session(denoisers=...) hooks every listed transformer with its stream prefix, one controller and one clock;
+    the second transformer (a copy here, called by hand inside the pipeline's call) counts as its own stream."""
+    import copy
+
+    loaded, recipe = tiny_flux
+    pipe, T = loaded.pipe, recipe.sampling.steps
+    second = copy.deepcopy(pipe.transformer)
+    pipe.transformer_2 = second
+    seen = []
+
+    def also_second(module, args, kwargs, out):  # what a two-expert pipeline would do: call the other denoiser
+        with second.cache_context("cond"):
+            seen.append(second(**kwargs)[0])
+
+    ctl = ApplyController(T, cached={"high/cond": {2}, "low/cond": {3}})
+    session = Session(pipe, loaded.backbone, ctl, denoisers=(("transformer", "high/"), ("transformer_2", "low/")))
+    handle = pipe.transformer.register_forward_hook(also_second, with_kwargs=True)
+    try:
+        with session:
+            session.fresh()
+            _plain(loaded, recipe)
+            assert dict(ctl.nfe) == {"high/cond": T - 1, "low/cond": T - 1}
+            assert dict(ctl.n_cached) == {"high/cond": 1, "low/cond": 1}
+            assert session.configs[0].clock is session.configs[1].clock and session.configs[1].clock.call == 1
+            _plain(loaded, recipe)  # a second pipeline call: one new clock tick, the same counts
+            assert session.configs[0].clock.call == 2 and dict(ctl.nfe) == {"high/cond": T - 1, "low/cond": T - 1}
+    finally:
+        handle.remove()
+        del pipe.transformer_2
+    _no_ertacache_hooks(second)
+    _no_ertacache_hooks(pipe.transformer)
+    assert len(seen) == 2 * T

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .config import ErtaCacheConfig
 from .diffusers_compat import unwrap, user_compiled
 from .hooks import apply_ertacache, remove_ertacache, reset_ertacache
@@ -38,31 +40,43 @@ def backbone_config(backbone, controller, micro_batch: int = 0, compile: bool = 
 
 
 class Session:
-    """Hooks on `pipe.transformer` driven by `controller` while the block is open; the scheduler is restored after.
+    """Hooks on the pipeline's denoiser(s) driven by `controller` while the block is open; the scheduler is restored.
 
-    `backbone` is the registered Backbone of the pipeline (block lists, unbatched args, default branch). The hooks
-    go on the transformer itself even when `pipe.transformer` is a `torch.compile` wrapper (before or after this
-    session starts); either way, and with `compile=True`, each block class's own forward runs compiled.
+    `backbone` is the registered Backbone of the pipeline (block lists, unbatched args, default branch).
+    `denoisers` lists (pipeline attribute, stream prefix) of every transformer to hook, sharing the controller and
+    one `CallClock`: `(("transformer", "high/"), ("transformer_2", "low/"))` makes Wan2.2's experts the streams
+    `high/cond`, `low/cond`, ... The hooks go on each transformer itself even when the pipeline holds a
+    `torch.compile` wrapper (before or after this session starts); either way, and with `compile=True`, each
+    block class's own forward runs compiled.
     """
 
-    def __init__(self, pipe, backbone, controller, micro_batch: int = 0, compile: bool = False):
+    def __init__(self, pipe, backbone, controller, micro_batch: int = 0, compile: bool = False,
+                 denoisers: tuple[tuple[str, str], ...] = (("transformer", ""),)):
         self.pipe, self.backbone, self.controller = pipe, backbone, controller
-        self.config = backbone_config(backbone, controller, micro_batch, compile, self.pipe_compiled)
-        self.transformer = None
+        self.denoisers = tuple(denoisers)
+        attr, prefix = self.denoisers[0]
+        self.config = backbone_config(backbone, controller, micro_batch, compile, self._compiled(attr), prefix)
+        self.configs = [self.config] + [replace(self.config, stream_prefix=p, compiled=self._compiled(a))
+                                        for a, p in self.denoisers[1:]]  # replace keeps the controller and clock
+        self.transformer = None   # the first denoiser, unwrapped: where the API finds this session
+        self.hooked: list = []
         self._scheduler = None
 
-    def pipe_compiled(self) -> bool:
-        """Whether the pipeline's transformer is, right now, compiled by the user (wrapper or `.compile()`)."""
-        return user_compiled(self.pipe.transformer)
+    def _compiled(self, attr: str):
+        """Whether the pipeline's `attr` is, at the time of a call, compiled by the user (wrapper or `.compile()`)."""
+        return lambda: user_compiled(getattr(self.pipe, attr))
 
     def __enter__(self) -> "Session":
         pipe = self.pipe
         if self.controller.schedule is not None:
             check_adjustable(pipe.scheduler)
         self._scheduler = pipe.scheduler
-        self.transformer = unwrap(pipe.transformer)
-        apply_ertacache(self.transformer, self.config)
         try:
+            for (attr, _), config in zip(self.denoisers, self.configs):
+                module = unwrap(getattr(pipe, attr))
+                self.hooked.append(module)
+                apply_ertacache(module, config)
+            self.transformer = self.hooked[0]
             if self.controller.schedule is not None:
                 pipe.scheduler = make_planned_scheduler(pipe.scheduler, self.controller.schedule)
         except BaseException:
@@ -72,9 +86,12 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.pipe.scheduler = self._scheduler
-        remove_ertacache(self.transformer)
+        for module in self.hooked:
+            remove_ertacache(module)
+        self.hooked = []
 
     def fresh(self) -> None:
         """Forget every branch's cache and counters before a pipeline call."""
-        reset_ertacache(self.transformer)
+        for module in self.hooked:
+            reset_ertacache(module)
         self.controller.begin()
