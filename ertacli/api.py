@@ -5,8 +5,9 @@
     image = pipe(prompt, num_inference_steps=plan.steps, ...).images[0]
     ertacli.last_call_stats(pipe)             # {"nfe": 12, "nfe_per_branch": {"cond": 12}, ...}
 
-Repeated calls need no reset: diffusers pipelines reset the hooks after every call and the hook resets the
-controller with them. The first call checks the plan against the call and raises `PlanMismatch` naming what
+Repeated calls need no reset: the engine sees each pipeline call start by itself (docs/method.md), whether or
+not the transformer class resets diffusers hooks. `pipe.transformer` may be compiled (`torch.compile(...)`,
+`.compile()`, `.compile_repeated_blocks()`) before or after `enable_cache`, or pass `compile=True`. The first call checks the plan against the call and raises `PlanMismatch` naming what
 differs. `calibrate` runs profile -> search -> fit in memory with the same functions the CLI runs.
 """
 
@@ -110,7 +111,9 @@ def plan_controller(plan: Plan, channel_dim: int):
 def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile: bool = False) -> Plan:
     """Attach a plan's cache to `pipe` (a diffusers pipeline, or a bare transformer with `backbone=`).
 
-    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan.
+    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan. `compile=True`
+    compiles each transformer block class's forward once (the caching logic stays eager); compiling the
+    transformer yourself (`torch.compile`, `.compile()`, `.compile_repeated_blocks()`, before or after) does the same.
     """
     from .engine import Session
     from .plan import load_plan, validate
@@ -124,14 +127,17 @@ def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile
                         f"pipeline, not its transformer")
     disable_cache(pipe)
     ctl = plan_controller(plan, bb.channel_dim)
-    ctl.check = CallCheck(plan, host if host.scheduler is not None else None, host.transformer)
+    ctl.check = CallCheck(plan, host if host.scheduler is not None else None, _transformer(pipe))
     session = Session(host, bb, ctl, 0, compile).__enter__()
-    _SESSIONS[host.transformer] = session
+    _SESSIONS[session.transformer] = session
     return plan
 
 
 def _transformer(pipe):
-    return pipe.transformer if hasattr(pipe, "transformer") else pipe
+    """The transformer the hooks sit on: `pipe.transformer` (or a bare transformer), unwrapped from torch.compile."""
+    from .engine.diffusers_compat import unwrap
+
+    return unwrap(pipe.transformer if hasattr(pipe, "transformer") else pipe)
 
 
 def disable_cache(pipe) -> None:
