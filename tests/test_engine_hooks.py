@@ -11,6 +11,7 @@ from ertacli.engine import (
     LiveSchedule,
     RecordController,
     SearchController,
+    Session,
     check_adjustable,
 )
 from ertacli.engine.rectify import coeff_shape
