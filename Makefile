@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Lint first (ruff, pyflakes' rules: pyproject [tool.ruff]), then the tests.
 test: $(STAMP)
+	$(BIN)/ruff check ertacli tests
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
@@ -42,13 +44,13 @@ BENCH_TINY := --set model.source=tiny --set model.dtype=float32 --set sampling.s
 .PHONY: bench-flux bench-wan bench-cogvideox bench-overhead
 
 bench-flux: $(STAMP)
-	$(BIN)/ertacache bench --model flux --lambda 0.6 --device $(BENCH_DEVICE) $(BENCH_SET)
+	$(BIN)/ertacache bench --model flux --lambda 0.6 --method ertacache --device $(BENCH_DEVICE) $(BENCH_SET)
 
 bench-wan: $(STAMP)
-	$(BIN)/ertacache bench --model wan2.1 --lambda 0.08 --device $(BENCH_DEVICE) $(BENCH_SET)
+	$(BIN)/ertacache bench --model wan2.1 --lambda 0.08 --method ertacache --device $(BENCH_DEVICE) $(BENCH_SET)
 
 bench-cogvideox: $(STAMP)
-	$(BIN)/ertacache bench --model cogvideox-2b --lambda 0.08 --lambda 0.3 --device $(BENCH_DEVICE) $(BENCH_SET)
+	$(BIN)/ertacache bench --model cogvideox-2b --lambda 0.08 --lambda 0.3 --method ertacache --device $(BENCH_DEVICE) $(BENCH_SET)
 
 # What a cached step costs: uniform plans per predictor against the uncached call, on Wan2.1-1.3B's transformer at
 # full size with random weights (no download; README "What a cached step costs at full size").

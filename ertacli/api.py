@@ -5,8 +5,9 @@
     image = pipe(prompt, num_inference_steps=plan.steps, ...).images[0]
     ertacli.last_call_stats(pipe)             # {"nfe": 12, "nfe_per_branch": {"cond": 12}, ...}
 
-Repeated calls need no reset: diffusers pipelines reset the hooks after every call and the hook resets the
-controller with them. The first call checks the plan against the call and raises `PlanMismatch` naming what
+Repeated calls need no reset: the engine sees each pipeline call start by itself (docs/method.md), whether or
+not the transformer class resets diffusers hooks. `pipe.transformer` may be compiled (`torch.compile(...)`,
+`.compile()`, `.compile_repeated_blocks()`) before or after `enable_cache`, or pass `compile=True`. The first call checks the plan against the call and raises `PlanMismatch` naming what
 differs. `calibrate` runs profile -> search -> fit in memory with the same functions the CLI runs.
 """
 
@@ -113,7 +114,9 @@ def plan_controller(plan: Plan, channel_dim: int):
 def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile: bool = False) -> Plan:
     """Attach a plan's cache to `pipe` (a diffusers pipeline, or a bare transformer with `backbone=`).
 
-    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan.
+    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan. `compile=True`
+    compiles each transformer block class's forward once (the caching logic stays eager); compiling the
+    transformer yourself (`torch.compile`, `.compile()`, `.compile_repeated_blocks()`, before or after) does the same.
     """
     from .engine import Session
     from .plan import load_plan, validate
@@ -127,14 +130,17 @@ def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile
                         f"pipeline, not its transformer")
     disable_cache(pipe)
     ctl = plan_controller(plan, bb.channel_dim)
-    ctl.check = CallCheck(plan, host if host.scheduler is not None else None, host.transformer)
+    ctl.check = CallCheck(plan, host if host.scheduler is not None else None, _transformer(pipe))
     session = Session(host, bb, ctl, 0, compile).__enter__()
-    _SESSIONS[host.transformer] = session
+    _SESSIONS[session.transformer] = session
     return plan
 
 
 def _transformer(pipe):
-    return pipe.transformer if hasattr(pipe, "transformer") else pipe
+    """The transformer the hooks sit on: `pipe.transformer` (or a bare transformer), unwrapped from torch.compile."""
+    from .engine.diffusers_compat import unwrap
+
+    return unwrap(pipe.transformer if hasattr(pipe, "transformer") else pipe)
 
 
 def disable_cache(pipe) -> None:
@@ -206,7 +212,7 @@ def method_settings(method: str):
 def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam: float | None = None,
               nfe: int | None = None, target_speedup: float | None = None, method: str = "ertacache-x1",
               prompt_encoder: Callable[[list[str]], dict] | None = None, backbone: str | None = None,
-              holdout: float = 0.25, micro_batch: int = 0, save_to: str | None = None, quiet: bool = True,
+              holdout: float = 0.25, micro_batch: int = 0, save_to: str | None = None, quiet: bool = False,
               auto_trials: int = 40, **call_kwargs) -> Plan:
     """profile -> search -> fit on your own pipeline, in memory; returns the fitted Plan (saved if `save_to`).
 
@@ -214,7 +220,8 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
     `method="auto"` searches the configuration at that target (`ertacli.calibration.auto`, at most
     `auto_trials` candidates scored on the held-out prompts); `save_to` then also writes auto.csv.
     `call_kwargs` are the pipeline-call settings (num_inference_steps, height, width, guidance_scale, ...);
-    prompts go through `prompt_encoder` (default: `prompt=`).
+    prompts go through `prompt_encoder` (default: `prompt=`, which needs the pipeline's text encoder). Progress
+    bars as the CLI shows them (`quiet=True`: none).
     """
     from .backbones.sampler import Sampler
     from .calibration.fit import fit_plan
@@ -226,6 +233,10 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
         raise UserError("calibrate needs exactly one of lam=, nfe= or target_speedup=")
     if "num_inference_steps" not in call_kwargs:
         raise UserError("calibrate needs num_inference_steps= (and the other settings you will generate with)")
+    if prompt_encoder is None:
+        from .backbones.text import check_pipeline_encodes_prompts
+
+        check_pipeline_encodes_prompts(pipe)
     cache_cfg, fit_settings = method_settings(method)
     bb = resolve_backbone(pipe, backbone)
     sampler = Sampler(pipe, bb, prompt_encoder or prompt_kwargs_encoder(), dict(call_kwargs),

@@ -7,9 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from .cli_options import (AutoTrialsOpt, CompareOpt, CompileOpt, DeviceOpt, LambdaOpt, MethodOpt, ModelOpt, PredictorOpt,
-                          PromptOpt, PromptsOpt, QuietOpt, SamplesOpt, SeedOpt, SetOpt, deprecated, integers,
-                          lambdas as parse_lambdas, predictor_overrides, auto_sets)
+from .cli_options import (SAMPLES_HELP, AutoTrialsOpt, CompareOpt, CompileOpt, DeviceOpt, LambdaOpt, MethodOpt,
+                          MethodsOpt, ModelOpt, NfeOpt, PlanOpt, PredictorOpt, PredictorsOpt, PromptOpt, PromptsOpt,
+                          QuietOpt, RequiredPlanOpt, SamplesOpt, SeedOpt, SetOpt, ablation_opt, auto_sets, deprecated,
+                          integers, lambdas as parse_lambdas, names as parse_names, predictor_overrides, retired,
+                          retired_opt)
 from .cli_app import app, finish, make_job, say, show
 from .errors import UserError
 
@@ -58,8 +60,9 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
                                                               help="Target: smallest lambda whose predicted speedup (NFE ratio) is >= X."),
                predictor: Optional[str] = PredictorOpt,
                order: Optional[int] = typer.Option(None, "--order", hidden=True, help="Deprecated: use --predictor extrapolate-N."),
-               nfe: Optional[List[str]] = typer.Option(None, "--nfe", help="Target: transformer calls per sample "
-                                                       "(sets --cached-steps; one value)."),
+               target_nfe: Optional[int] = typer.Option(None, "--target-nfe", help="Target: transformer calls per "
+                                                        "sample (sets --cached-steps)."),
+               old_nfe: Optional[List[str]] = typer.Option(None, "--nfe", hidden=True, help="Deprecated: --target-nfe."),
                method: Optional[str] = MethodOpt, auto_trials: Optional[int] = AutoTrialsOpt,
                sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Threshold policy search: one plan per lambda and a summary table (--method auto: the configuration search)."""
@@ -67,19 +70,28 @@ def search_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
     from .runs.headlines import num
 
     sets = list(sets or []) + predictor_overrides(predictor, order) + auto_sets(auto_trials)
+    target_nfe = one_nfe_target(target_nfe, old_nfe)
     job = make_job(model, sets, device, quiet, method=method)
-    targets = integers(nfe, "--nfe")
-    if len(targets) > 1:
-        raise UserError("search takes one --nfe target (sweep compares several)")
     path, df = run_search(job, parse_lambdas(lambdas) or list(job.recipe.search.lambdas), profile, cached_steps,
-                          target_speedup, targets[0] if targets else None)
+                          target_speedup, target_nfe)
     show(df.drop(columns=["cached"]), "search: one plan per lambda")
     finish("; ".join(f"lambda {num(r['lambda'])}: {r['cached_steps']} cached, NFE {r['nfe']}, predicted "
                       f"{r['predicted_speedup']:.2f}x" for r in df.to_dict("records")), path)
 
 
+def one_nfe_target(target_nfe: Optional[int], old_nfe: Optional[List[str]]) -> Optional[int]:
+    """--target-nfe, or the deprecated `search --nfe` (one value: sweep's --nfe compares several)."""
+    if not old_nfe:
+        return target_nfe
+    deprecated("search", "--nfe")
+    targets = integers(old_nfe, "--nfe")
+    if len(targets) > 1 or target_nfe is not None:
+        raise UserError("search takes one NFE target: --target-nfe N (`sweep --nfe` compares several)")
+    return targets[0]
+
+
 @app.command("fit")
-def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or a search run holding one plan)."),
+def fit_cmd(plan: str = RequiredPlanOpt,
             model: str = ModelOpt,
             adjust: Optional[str] = typer.Option(None, "--adjust", help="Timestep adjustment: auto | on | off (default: recipe)."),
             rectify: Optional[str] = typer.Option(None, "--rectify", help="Error rectification: auto | on | off (default: recipe)."),
@@ -116,27 +128,26 @@ def fit_cmd(plan: str = typer.Option(..., "--plan", "-p", help="Plan folder (or 
 
 
 @app.command("generate")
-def generate_cmd(model: Optional[str] = typer.Option(None, "--model", "-m", help="Recipe name (see `ertacache "
-                                                    "recipes`) or path to a recipe file (default tiny-flux)."),
-                 plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan folder; omit for the uncached baseline."),
+def generate_cmd(ctx: typer.Context, model: str = ModelOpt, plan: Optional[str] = PlanOpt,
                  prompt: Optional[List[str]] = PromptOpt, prompts: Optional[str] = PromptsOpt,
                  seed: Optional[List[int]] = SeedOpt,
                  resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run "
                                                       "directory with its recorded settings (see `ertacache runs`)."),
                  sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
                  compile_: bool = CompileOpt) -> None:
-    """Run the pipeline uncached or with a plan; saves media, latents, NFE and time per sample."""
+    """Run the pipeline with a plan (without --plan: uncached); saves media, latents, NFE and time per sample."""
     import pandas as pd
 
     from .commands.generate import run_generate
     from .commands.resume import ResumeOptions, resume_job
 
     if resume:
-        opts = ResumeOptions(model, sets or [], plan, prompt or [], prompts, seed or [], device, compile_)
+        given = None if ctx.get_parameter_source("model").name == "DEFAULT" else model  # resume: the recorded one
+        opts = ResumeOptions(given, sets or [], plan, prompt or [], prompts, seed or [], device, compile_)
         job, samples, plan, resume = resume_job(resume, opts, quiet)
         path = run_generate(job, samples, plan, resume=resume)
     else:
-        job = make_job(model or "tiny-flux", sets, device, quiet, compile_)
+        job = make_job(model, sets, device, quiet, compile_)
         path = run_generate(job, job.eval_samples(prompt, prompts, seed), plan)
     df = pd.read_csv(path / "samples.csv")
     show(df[["index", "prompt", "seed", "nfe", "seconds", "file"]], "generate")
@@ -145,7 +156,7 @@ def generate_cmd(model: Optional[str] = typer.Option(None, "--model", "-m", help
 
 
 @app.command("eval")
-def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--plan", "-p", help="Plan to generate with and evaluate."),
+def eval_cmd(model: str = ModelOpt, plan: Optional[str] = PlanOpt,
              run: Optional[str] = typer.Option(None, "--run", help="An existing generate run to evaluate."),
              prompt: Optional[List[str]] = PromptOpt, prompts: Optional[str] = PromptsOpt,
              seed: Optional[List[int]] = SeedOpt, compare: bool = CompareOpt,
@@ -154,7 +165,8 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
              vbench: bool = typer.Option(False, "--vbench", help="VBench's standard dimensions (pip install 'ertacache\\[vbench]')."),
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
              compile_: bool = CompileOpt) -> None:
-    """Quality (PSNR, SSIM, ...) and measured speedup against the uncached baseline; optional quality gate."""
+    """Quality (PSNR, SSIM, ...) and measured speedup of a plan (--plan, generated here, or --run) against the
+    uncached baseline; optional quality gate."""
     from .commands.eval import quality_gate, run_eval
     from .runs.headlines import eval_headline
 
@@ -175,14 +187,13 @@ def eval_cmd(model: str = ModelOpt, plan: Optional[str] = typer.Option(None, "--
 
 @app.command("sweep")
 def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
-              nfe: Optional[List[str]] = typer.Option(None, "--nfe", help="Matched-NFE targets (default: the recipe's search.nfe)."),
-              methods: Optional[str] = typer.Option(None, "--methods", help="Presets compared at each --nfe, comma list (default: all)."),
+              nfe: Optional[List[str]] = NfeOpt, methods: Optional[List[str]] = MethodsOpt,
               compare: bool = CompareOpt,
               pick_speedup: Optional[float] = typer.Option(None, "--pick-speedup", help="Pick the lambda with the best calibration "
                                                            "PSNR among those whose measured calibration speedup is >= X."),
               pick_psnr: Optional[float] = typer.Option(None, "--pick-psnr", help="Pick the fastest lambda whose calibration PSNR is >= Y dB."),
-              old_speedup: Optional[float] = typer.Option(None, "--target-speedup", hidden=True, help="Deprecated: --pick-speedup."),
-              old_psnr: Optional[float] = typer.Option(None, "--min-psnr", hidden=True, help="Deprecated: --pick-psnr."),
+              old_speedup: Optional[str] = retired_opt("sweep", "--target-speedup"),
+              old_psnr: Optional[str] = retired_opt("sweep", "--min-psnr"),
               samples: Optional[int] = SamplesOpt, method: Optional[str] = MethodOpt,
               auto_trials: Optional[int] = AutoTrialsOpt,
               sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
@@ -191,13 +202,10 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
     from .presets import method_overrides
     from .runs.headlines import rows_headline
 
-    for old, given in (("--target-speedup", old_speedup), ("--min-psnr", old_psnr)):
-        if given is not None:
-            deprecated("sweep", old)
-    pick_speedup = pick_speedup if pick_speedup is not None else old_speedup
-    pick_psnr = pick_psnr if pick_psnr is not None else old_psnr
+    retired("sweep", "--target-speedup", old_speedup)
+    retired("sweep", "--min-psnr", old_psnr)
     job = make_job(model, list(sets or []) + auto_sets(auto_trials), device, quiet, method=method)
-    names = [m.strip() for m in methods.split(",")] if methods else None
+    names = parse_names(methods) or None
     for name in names or []:
         method_overrides(name)
     nfes = integers(nfe, "--nfe") if nfe else (
@@ -221,8 +229,7 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
 
 @app.command("demo")
 def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
-             ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Add the paper's Table 3 rows."),
-             samples: int = typer.Option(8, "--samples", help="Evaluate on the first N eval samples (prompts x seeds)."),
+             ablation: bool = ablation_opt(True), samples: int = typer.Option(8, "--samples", help=SAMPLES_HELP),
              method: Optional[str] = MethodOpt,
              sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """The whole loop on one recipe: profile -> search -> fit -> generate -> eval, one table."""
@@ -239,11 +246,11 @@ def demo_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
 
 @app.command("bench")
 def bench_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt, samples: Optional[int] = SamplesOpt,
-              ablation: bool = typer.Option(False, "--ablation/--no-ablation", help="Add the paper's Table 3 rows."),
-              method: str = typer.Option("ertacache", "--method", help="Method preset (default: the paper's)."),
+              ablation: bool = ablation_opt(False), method: Optional[str] = MethodOpt,
               sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
               compile_: bool = CompileOpt) -> None:
-    """The paper's setting end to end; stops at once, naming what is missing, without a GPU or the weights."""
+    """The paper's benchmark end to end (`make bench-*`: the paper's --method ertacache and lambdas); stops at once,
+    naming what is missing, without a GPU or the weights."""
     from .commands.bench import bench_job, run_bench
     from .runs.headlines import rows_headline
 
@@ -258,17 +265,21 @@ def bench_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt, s
 def overhead_cmd(model: str = ModelOpt,
                  ratios: Optional[List[float]] = typer.Option(None, "--ratio", "-r",
                                                               help="Share of steps cached, evenly spaced (repeatable; default 0.5)."),
-                 predictors: Optional[List[str]] = typer.Option(None, "--predictor", help="Cached-step predictor: reuse, "
-                                                                "extrapolate-1, extrapolate-2 (repeatable; default all)."),
+                 predictors: Optional[List[str]] = PredictorsOpt,
+                 old_predictor: Optional[List[str]] = typer.Option(None, "--predictor", hidden=True,
+                                                                   help="Deprecated: --predictors."),
                  sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
                  compile_: bool = CompileOpt) -> None:
     """Cached vs uncached wall time in one run, against the ideal NFE ratio; no calibration, any weights."""
     from .commands.bench import check_device
     from .commands.overhead import PREDICTORS, run_overhead
 
+    if old_predictor:
+        deprecated("overhead", "--predictor")
     check_device(device)
     job = make_job(model, sets, device, quiet, compile_)
-    path, df = run_overhead(job, list(ratios or [0.5]), list(predictors or PREDICTORS))
+    path, df = run_overhead(job, list(ratios or [0.5]), parse_names(predictors) + parse_names(old_predictor)
+                            or list(PREDICTORS))
     show(df.round(3), f"overhead: {job.recipe.name} on {job.device} (overhead.csv)")
     finish("; ".join(f"{r['predictor']} ideal {r['ideal']:.2f}x: {r['speedup']:.2f}x ({r['of ideal']:.0%})"
                       for r in df.to_dict("records")), path)

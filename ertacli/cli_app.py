@@ -11,6 +11,21 @@ app = typer.Typer(name="ertacache", no_args_is_help=True, add_completion=False, 
                        "profile -> search -> fit -> generate -> eval.")
 
 
+def print_version(value: bool) -> None:
+    """`--version`: the package version, exit 0."""
+    if value:
+        from . import __version__
+
+        print(f"ertacache {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", is_eager=True, callback=print_version,
+                                      help="Print the version and exit.")) -> None:
+    pass
+
+
 def make_job(model: str, sets: Optional[List[str]], device: Optional[str], quiet: bool = False, compile_: bool = False,
          method: Optional[str] = None):
     from .runs.job import Job

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from .cli_app import app, finish, say, show
-from .cli_options import SetOpt, deprecated, integers
+from .cli_options import SetOpt, integers, renamed, retired, retired_opt
 from .errors import UserError
 
 
@@ -17,25 +17,21 @@ from .errors import UserError
 def recipes_cmd(action: Optional[str] = typer.Argument(None, help="`new`: write a recipe (with --from)."),
                 source: Optional[str] = typer.Option(None, "--from", help="recipes new: a diffusers pipeline folder "
                                                      "(model_index.json) or hub id."),
-                out: Optional[Path] = typer.Option(None, "--out", "-o", help="recipes new: where to write it "
-                                                   "(default ./recipes/NAME.yaml)."),
-                force: bool = typer.Option(False, "--force", help="recipes new: replace an existing file."),
-                methods: bool = typer.Option(False, "--methods", hidden=True,
-                                             help="Deprecated: use `ertacache methods`.")) -> None:
+                force: bool = typer.Option(False, "--force", help="recipes new: replace ./recipes/NAME.yaml."),
+                methods: bool = retired_opt("recipes", "--methods", flag=True)) -> None:
     """List the recipes: name, pipeline class, steps, size/frames, branches, method, and where each was found.
 
-    `ertacache recipes new --from MODEL_DIR_OR_HUB_ID` writes a recipe read from the pipeline's model_index.json.
+    `ertacache recipes new --from MODEL_DIR_OR_HUB_ID` writes ./recipes/NAME.yaml from the pipeline's
+    model_index.json.
     """
     from .assets import available_recipes
     from .backbones.discover import branches_by_name
     from .presets import preset_of
     from .recipe import list_recipes
 
+    retired("recipes", "--methods", methods)
     if action is not None:
-        return _recipes_new(action, source, out, force)
-    if methods:
-        deprecated("recipes", "--methods")
-        return methods_cmd()
+        return _recipes_new(action, source, force)
     rows = []
     origin = {found.name: found.origin for found in available_recipes()}
     for name, r in list_recipes():
@@ -52,12 +48,12 @@ def recipes_cmd(action: Optional[str] = typer.Argument(None, help="`new`: write 
     finish(f"{len(rows)} recipes ({sum(isinstance(r, str) for _, r in list_recipes())} invalid)")
 
 
-def _recipes_new(action: str, source: Optional[str], out: Optional[Path], force: bool) -> None:
+def _recipes_new(action: str, source: Optional[str], force: bool) -> None:
     from .backbones.recipe_writer import write_recipe
 
     if action != "new" or not source:
-        raise UserError("usage: ertacache recipes new --from MODEL_DIR_OR_HUB_ID [--out FILE] (or `recipes` to list)")
-    path = write_recipe(source, str(out) if out is not None else None, force)
+        raise UserError("usage: ertacache recipes new --from MODEL_DIR_OR_HUB_ID [--force] (or `recipes` to list)")
+    path = write_recipe(source, None, force)
     finish(f"wrote {path}: run it with --model {path}")
 
 
@@ -122,24 +118,29 @@ def runs_cmd(clean: bool = typer.Option(False, "--clean", help="Remove the ones 
 
 @app.command("estimate")
 def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of eval prompts."),
-                 old_prompts: Optional[int] = typer.Option(None, "--prompts", hidden=True, help="Deprecated: --n-prompts."),
-                 seeds: int = typer.Option(5, "--seeds", help="Videos per prompt."),
+                 old_prompts: Optional[str] = retired_opt("estimate", "--prompts"),
+                 n_seeds: Optional[int] = typer.Option(None, "--n-seeds", help="Videos per prompt (default 5)."),
+                 old_seeds: Optional[int] = typer.Option(None, "--seeds", hidden=True, help="Deprecated: --n-seeds."),
                  baseline_seconds: float = typer.Option(..., "--baseline-seconds", help="Measured uncached latency per video."),
                  cached_seconds: float = typer.Option(..., "--cached-seconds", help="Measured cached latency per video."),
-                 gpus: str = typer.Option("1,8,64", "--gpus", help="GPU counts, comma list."),
-                 calibration_prompts: int = typer.Option(0, "--calibration-prompts", help="Number of calibration prompts."),
+                 gpus: Optional[List[str]] = typer.Option(None, "--gpus", help="GPU counts: repeat or comma list "
+                                                          "(default: 1,8,64)."),
+                 n_calibration: Optional[int] = typer.Option(None, "--n-calibration-prompts",
+                                                             help="Number of calibration prompts (default 0)."),
+                 old_calibration: Optional[int] = typer.Option(None, "--calibration-prompts", hidden=True,
+                                                               help="Deprecated: --n-calibration-prompts."),
                  calibration_passes: int = typer.Option(0, "--calibration-passes", help="profile + search + fit passes.")) -> None:
     """Expected wall time of a data-parallel eval (baseline + cached) on N GPUs, from measured latencies."""
     from .commands.estimate import estimate_rows
 
-    if old_prompts is not None:
-        deprecated("estimate", "--prompts")
-    n_prompts = n_prompts if n_prompts is not None else old_prompts
+    retired("estimate", "--prompts", old_prompts)
     if n_prompts is None:
         raise UserError("estimate needs --n-prompts N (the number of eval prompts)")
-    counts = integers([gpus], "--gpus")
-    rows = estimate_rows(n_prompts, seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
-                         calibration_prompts)
+    n_seeds = renamed("estimate", "--seeds", old_seeds, n_seeds, 5)
+    n_calibration = renamed("estimate", "--calibration-prompts", old_calibration, n_calibration, 0)
+    counts = integers(gpus or ["1,8,64"], "--gpus")
+    rows = estimate_rows(n_prompts, n_seeds, baseline_seconds, cached_seconds, counts, calibration_passes,
+                         n_calibration)
     show(rows, "estimated wall time (hours), perfect data parallelism over prompts")
     finish("; ".join(f"{r['gpus']} GPUs: {r['total_hours']:.3g} h" for r in rows))
 

@@ -36,6 +36,13 @@ def tiny_wan():
     return _load("tiny-wan-random")
 
 
+def run_batch(loaded, recipe, prompts, seeds):
+    """One uncached call of a recipe's loaded pipeline (the Sampler a recipe describes)."""
+    from ertacli.backbones.sampler import Sampler
+
+    return Sampler.from_recipe(loaded, recipe).run(prompts, seeds)
+
+
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Run `ertacache ARGS` in-process; returns (exit code, stdout, stderr)."""
     import sys

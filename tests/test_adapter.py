@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import LoadedSession, cli
+from conftest import LoadedSession, cli, run_batch
 
 FAST = ["--set", "sampling.steps=10", "--set", "eval.warmup=0",
         "--set", "eval.timing_rounds=1", "--set", "eval.timing_samples=1", "-q"]
@@ -51,8 +51,7 @@ def test_adapter_whole_loop(results, monkeypatch, capsys):
 def test_adapter_lambda_zero_equals_plain_loop():
     """Hooks attached, nothing cached: the adapter pipeline's output equals its run without hooks."""
     from ertacli.backbones.loader import load_pipeline
-    from ertacli.backbones.sampler import run_batch
-    from ertacli.engine import ApplyController, Session
+    from ertacli.engine import ApplyController
     from ertacli.recipe import resolve_recipe
 
     recipe = resolve_recipe("toy-adapter", ["sampling.steps=6"])

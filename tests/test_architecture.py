@@ -107,13 +107,70 @@ def test_no_module_imports_another_modules_private_names():
     assert not bad, bad
 
 
+# The package's layers, lowest first: a module imports only from its own layer or a lower one. Every module belongs
+# to exactly one (a new top-level module must be placed here). tinytrain (retraining the tiny models) is a tool on
+# top: no library module imports it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("ertacli", "ertacli.errors", "ertacli.dist", "ertacli.progress", "ertacli.choices")),
+    ("models", ("ertacli.backbones", "ertacli.engine", "ertacli.assets")),
+    ("settings", ("ertacli.recipe", "ertacli.presets", "ertacli.plan", "ertacli.plan_check", "ertacli.plan_settings",
+                  "ertacli.identity", "ertacli.limits")),
+    ("evaluation", ("ertacli.evaluation",)),
+    ("calibration", ("ertacli.calibration",)),
+    ("api", ("ertacli.api",)),
+    ("runs", ("ertacli.runs", "ertacli.export")),  # export writes files for other libraries, as run folders do
+    ("commands", ("ertacli.commands", "ertacli.cli", "ertacli.cli_app", "ertacli.cli_options", "ertacli.cli_tools",
+                  "ertacli.__main__")),
+    ("tools", ("ertacli.tinytrain",)),
+]
+
+
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    """Index of the layer holding `module` (the longest matching package prefix; `ertacli` is the root itself)."""
+    best, rank = -1, None
+    for i, (_, members) in enumerate(layers):
+        for m in members:
+            if (module == m or ("." in m and module.startswith(m + "."))) and len(m) > best:
+                best, rank = len(m), i
+    return rank
+
+
+def upward_imports(g: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """Every import of a module in a higher layer than the importer's, as 'a (layer) -> b (layer)'."""
+    bad = []
+    for a, deps in sorted(g.items()):
+        for b in sorted(deps):
+            la, lb = layer_of(a, layers), layer_of(b, layers)
+            if la is not None and lb is not None and lb > la:
+                bad.append(f"{a} ({layers[la][0]}) -> {b} ({layers[lb][0]})")
+    return bad
+
+
+def test_upward_import_finder_catches_the_old_ones():
+    """The finder flags what the code had (evaluation -> api, a metric -> tinytrain, the library -> commands),
+    passes downward and same-layer imports, and places submodules by their package."""
+    old = {"ertacli.evaluation.runners": {"ertacli.api", "ertacli.engine.session"},
+           "ertacli.evaluation.metrics": {"ertacli.tinytrain.classifier", "ertacli.evaluation.perceptual"},
+           "ertacli.calibration.fit": {"ertacli.runs.job", "ertacli.plan"},
+           "ertacli.commands.eval": {"ertacli.api", "ertacli.runs.job", "ertacli.evaluation.runners"}}
+    assert upward_imports(old) == ["ertacli.calibration.fit (calibration) -> ertacli.runs.job (runs)",
+                                   "ertacli.evaluation.metrics (evaluation) -> ertacli.tinytrain.classifier (tools)",
+                                   "ertacli.evaluation.runners (evaluation) -> ertacli.api (api)"]
+    assert layer_of("ertacli.cli_tools") == layer_of("ertacli.cli") and layer_of("ertacli.client") is None
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(m for m in modules() if layer_of(m) is None)
+    assert not missing, f"place these modules in LAYERS (tests/test_architecture.py): {missing}"
+
+
 def test_layers_import_downward():
-    """The library (engine, calibration, evaluation, api) never imports the CLI layers (runs, commands, cli)."""
-    upper = ("ertacli.runs", "ertacli.commands", "ertacli.cli")
-    lower = ("ertacli.engine", "ertacli.calibration", "ertacli.evaluation", "ertacli.backbones", "ertacli.api",
-             "ertacli.plan", "ertacli.recipe")
-    g = graph()
-    bad = [f"{a} -> {b}" for a, deps in g.items() if a.startswith(lower) for b in deps if b.startswith(upper)]
+    """Each module imports only its own layer or lower ones (function-body imports included): the library never
+    reaches the API, the run folders, the commands or the training tool."""
+    names = [name for name, _ in LAYERS]
+    assert names.index("evaluation") < names.index("api") < names.index("runs") < names.index("commands")
+    assert names[-1] == "tools"
+    bad = upward_imports(graph())
     assert not bad, bad
 
 

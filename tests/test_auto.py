@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
@@ -131,7 +130,7 @@ def test_every_choice_is_made_on_the_fit_part(auto_env, auto_run, monkeypatch):
 
 
 def test_search_method_auto_writes_auto_csv_and_an_ordinary_plan(results, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "search", "-m", "tiny-flux-random", "--method", "auto", "--nfe", "4",
+    code, out, err = cli(monkeypatch, capsys, "search", "-m", "tiny-flux-random", "--method", "auto", "--target-nfe", "4",
                          "--auto-trials", "6", "--set", "sampling.steps=8")
     assert code == 0, err
     (run,) = (results / "tiny-flux-random").glob("search-*")
@@ -153,7 +152,7 @@ def test_auto_trials_zero_is_a_one_line_error(results, monkeypatch, capsys):
 
 
 def test_methods_list_auto(monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "recipes", "--methods")
+    code, out, err = cli(monkeypatch, capsys, "methods")
     assert code == 0 and "auto" in out
 
 

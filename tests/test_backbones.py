@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import run_batch
 from ertacli.backbones import get_backbone, registered
 from ertacli.backbones.loader import load_pipeline, resolve_device
-from ertacli.backbones.sampler import run_batch
 from ertacli.backbones.text import HashTextEncoder, PipelineTextEncoder
 from ertacli.errors import UserError
 from ertacli.evaluation.metrics import compute_metrics, psnr, ssim

@@ -108,7 +108,6 @@ def test_fit_plan_round_trip_replays_fit_trajectory(results, monkeypatch, capsys
     from ertacli.calibration.samples import Samples
     from ertacli.runs.job import Job
     from ertacli.calibration.passes import apply_controller
-    from ertacli.engine import Session
     from ertacli.plan import load_plan
 
     plan_dir = _search_one(results, monkeypatch, capsys, "0.5")
@@ -178,7 +177,7 @@ def test_demo_table_and_ablation(results, monkeypatch, capsys):
 
 def test_sweep_compare_writes_table_and_plots(results, monkeypatch, capsys):
     code, out, err = cli(monkeypatch, capsys, "sweep", "-m", "tiny-flux-random", "--lambda", "0.5", "--compare",
-                         "--min-psnr", "20", *FAST)
+                         "--pick-psnr", "20", *FAST)
     assert code == 0, err
     (run,) = runs(results, "tiny-flux-random", "sweep")
     import pandas as pd

@@ -1,4 +1,4 @@
-"""What people read: help on every option, one meaning per option name, piped tables, progress lines, last lines."""
+"""What people read: help on every option, piped tables, progress lines, last lines (option names: test_cli_options)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import typer
 
 from conftest import cli
 from ertacli.cli import app
-from ertacli.cli_options import DEPRECATED
 
 
 def commands() -> dict[str, click.Command]:
@@ -25,42 +24,6 @@ def test_every_option_and_argument_has_help():
     empty = [f"{name} {p.opts[0] if p.opts else p.name}" for name, cmd in commands().items()
              for p in visible_options(cmd) if not (getattr(p, "help", None) or "").strip()]
     assert not empty, f"options without help: {empty}"
-
-
-def test_one_meaning_per_option_name():
-    """The same name takes the same kind of value on every command (hidden deprecated aliases aside)."""
-    kinds: dict[str, set] = {}
-    for name, cmd in commands().items():
-        for p in visible_options(cmd):
-            if isinstance(p, click.Option):
-                for opt in p.opts:
-                    kinds.setdefault(opt, set()).add((type(p.type).__name__, p.is_flag, p.multiple))
-    clashes = {opt: k for opt, k in kinds.items() if len(k) > 1}
-    assert not clashes, clashes
-    cmds = commands()
-    names = lambda c: {o for p in visible_options(cmds[c]) for o in getattr(p, "opts", [])}
-    assert "--prompts" not in names("estimate") and "--n-prompts" in names("estimate")
-    assert "--min-psnr" not in names("sweep") and "--pick-psnr" in names("sweep")
-    assert "--target-speedup" not in names("sweep") and "--pick-speedup" in names("sweep")
-    assert "--methods" not in names("recipes") and "methods" in cmds
-
-
-def test_deprecated_names_are_hidden_and_listed():
-    cmds = commands()
-    for command, olds in DEPRECATED.items():
-        for old in olds:
-            flag = old.split()[0]
-            params = [p for p in cmds[command].params if flag in getattr(p, "opts", [])]
-            assert params, (command, old)
-            if " " not in old:
-                assert all(p.hidden for p in params), (command, old)
-
-
-def test_deprecated_alias_still_works_with_a_warning(monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "estimate", "--prompts", "10", "--seeds", "1", "--baseline-seconds", "2",
-                         "--cached-seconds", "1", "--gpus", "1,2")
-    assert code == 0 and "deprecated; use --n-prompts" in err
-    assert out.strip().splitlines()[-1] == "done: 1 GPUs: 0.00833 h; 2 GPUs: 0.00417 h"
 
 
 def test_help_keeps_bracketed_text(monkeypatch, capsys):

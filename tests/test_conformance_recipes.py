@@ -42,7 +42,7 @@ def test_recipes_new_from_folder_then_search(folder, results, monkeypatch, capsy
     assert plan["branches"] == ["cond", "uncond"] and sum(map(len, plan["cached_steps"].values())) > 0
 
     code, out, err = cli(monkeypatch, capsys, "recipes", "new", "--from", str(folder))
-    assert code == 2 and "exists; pass --out" in err
+    assert code == 2 and "exists; pass --force" in err
 
 
 def test_model_accepts_a_pipeline_folder(folder):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ertacli.backbones.sampler import run_batch
 from ertacli.engine import (
     ApplyController,
     FitController,
@@ -17,7 +16,7 @@ from ertacli.engine import (
 )
 from ertacli.engine.rectify import coeff_shape
 
-from conftest import LoadedSession, PROMPTS, SEEDS
+from conftest import PROMPTS, SEEDS, LoadedSession, run_batch
 
 
 def _plain(loaded, recipe):
@@ -179,7 +178,7 @@ def _reference_latent(loaded, calls, sigmas, S):
     """The paper's literal loop: r = v - x on computed steps, v~ = x + r on cached ones (no model call)."""
     tr = loaded.pipe.transformer
     x = calls[0]["hidden_states"]
-    n_calls = 0
+    n_calls, r = 0, None  # r: the residual of the last computed step (step 0 always computes)
     with torch.no_grad():
         for k, kw in enumerate(calls):
             if k in S:
@@ -353,3 +352,177 @@ def test_micro_batches_keep_decisions_and_outputs(name, request):
         plans.append(dict(ctl.cached_steps))
     assert plans[0] == plans[1] and any(plans[0].values())
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+# ---------------------------------------------------------------- where a pipeline call starts (CallClock)
+
+class _Ctl:
+    """A controller stand-in: T steps, counts begin() calls."""
+
+    def __init__(self, T):
+        self.T, self.begun = T, 0
+
+    def begin(self):
+        self.begun += 1
+
+
+def _ticks(clock, calls):
+    return [clock.tick(stream, p) for stream, p in calls]
+
+
+def test_call_clock_from_timesteps_two_streams():
+    """CFG streams share a timestep per step; the timestep going back up starts a new call (once, for all)."""
+    from ertacli.engine import CallClock
+
+    ctl = _Ctl(3)
+    clock = CallClock(ctl)
+    one = [(b, (-t, False)) for t in (900.0, 500.0, 100.0) for b in ("cond", "uncond")]
+    assert _ticks(clock, one + one + one[:4] + one) == [1] * 6 + [2] * 6 + [3] * 4 + [4] * 6
+    assert ctl.begun == 4  # the third call was abandoned after two steps and the fourth still starts afresh
+
+
+def test_call_clock_step_index_and_two_transformers():
+    """Wan2.2-style experts: streams high/* then low/* in one call, step indices going on; repeats restart."""
+    from ertacli.engine import CallClock
+
+    ctl = _Ctl(4)
+    clock = CallClock(ctl)
+    call = [(f"{'high' if i < 2 else 'low'}/{b}", (float(i), True)) for i in range(4) for b in ("cond", "uncond")]
+    assert _ticks(clock, call + call) == [1] * 8 + [2] * 8
+    # a one-step loop that gives its step index: every call is a new one
+    assert _ticks(CallClock(_Ctl(1)), [("cond", (0.0, True))] * 3) == [1, 2, 3]
+
+
+def test_progress_of_a_call():
+    """The step index when the pipeline gives one; else minus the largest timestep (per-token timesteps too)."""
+    from ertacli.engine.config import progress_of
+
+    per_token = torch.tensor([[0.0, 700.0, 700.0], [0.0, 700.0, 700.0]])  # Wan2.2 TI2V: first frame at t=0
+    assert progress_of(None, {"timestep": per_token}) == (-700.0, False)
+    assert progress_of(None, {"timestep": 500}) == (-500.0, False)
+    assert progress_of(3, {"timestep": per_token}) == (3.0, True)
+    assert progress_of(None, {}) is None
+
+
+def test_call_clock_without_progress_counts_steps():
+    """No timestep or step index: a stream's T calls make a pipeline call; equal timesteps do not restart."""
+    from ertacli.engine import CallClock
+
+    assert _ticks(CallClock(_Ctl(2)), [("default", None)] * 5) == [1, 1, 2, 2, 3]
+    assert _ticks(CallClock(_Ctl(2)), [("default", (-1.0, False))] * 3) == [1, 1, 1]  # the controller refuses k=2
+    clock = CallClock(_Ctl(2))
+    _ticks(clock, [("default", (-1.0, False))])
+    clock.end()  # diffusers' reset (or Session.fresh)
+    assert _ticks(clock, [("default", (-1.0, False))]) == [2]
+
+
+def test_private_helpers_still_behave(tiny_flux):
+    """The diffusers/torch pieces engine/diffusers_compat.py relies on: fails here first when an upgrade moves them."""
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+
+    from ertacli.engine.diffusers_compat import StreamStates, block_layout, unwrap, user_compiled
+    from ertacli.engine.hooks import BranchState, StepHook
+
+    pair, single = block_layout(FluxTransformerBlock), block_layout(FluxSingleTransformerBlock)
+    assert (pair.hidden_arg, pair.hidden_index, pair.encoder_index) == ("hidden_states", 1, 0)
+    assert pair.params[:2] == ("hidden_states", "encoder_hidden_states")
+    assert (single.hidden_index, single.encoder_index) == (1, 0)
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    from ertacli.engine.diffusers_compat import block_output
+
+    h, e, h2 = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    out = block_output(TransformerBlockRegistry.get(FluxTransformerBlock), (h, e), {}, h2)
+    assert out[0] is e and out[1] is h2
+    assert pair.output((h, e), {}, h2) == out and pair.hidden_of(out) is h2
+    # cache_context hands its CacheContext (name, step_index) to the StateManager of a stateful hook
+    loaded, _ = tiny_flux
+    tr = loaded.pipe.transformer
+    from diffusers.hooks import HookRegistry
+
+    from ertacli.engine import ApplyController, ErtaCacheConfig
+
+    states = StreamStates(BranchState, "default", "high/")
+    reg = HookRegistry.check_if_exists_or_initialize(tr)
+    reg.register_hook(StepHook(states, ErtaCacheConfig(ApplyController(2, {}))), "ertacache_probe")
+    try:
+        with tr.cache_context("uncond", step_index=3):
+            assert (states.stream, states.step_index) == ("high/uncond", 3)
+        assert (states.stream, states.step_index) == ("high/default", None)
+    finally:
+        reg.remove_hook("ertacache_probe")
+    assert not user_compiled(tr)
+    wrapped = torch.compile(tr, backend="eager")
+    assert user_compiled(wrapped) and unwrap(wrapped) is tr
+    block = torch.nn.Linear(2, 2)  # not the shared pipeline's: .compile() cannot be undone publicly
+    assert not user_compiled(block)
+    block.compile(backend="eager")
+    assert user_compiled(block)
+
+
+def test_sd3_three_cached_calls_without_diffusers_reset(tmp_path):
+    """SD3's transformer has no diffusers cache-mixin reset: three cached API calls give the same output and NFE."""
+    import ertacli
+    from diffusers.models.cache_utils import CacheMixin
+
+    from ertacli.backbones.loader import load_pipeline
+    from ertacli.recipe import resolve_recipe
+
+    recipe = resolve_recipe("sd3", ["model.source=tiny", "model.dtype=float32", "sampling.steps=6",
+                                    "sampling.height=32", "sampling.width=32"])
+    loaded = load_pipeline(recipe, "cpu")
+    assert not isinstance(loaded.pipe.transformer, CacheMixin)  # else this test checks nothing new
+    encode = lambda prompts: loaded.encoder.pipeline_kwargs(list(prompts), "")
+    settings = dict(num_inference_steps=6, height=32, width=32, guidance_scale=4.0)
+    plan = ertacli.calibrate(loaded.pipe, ["a red circle", "two blue squares"], seeds=[0], nfe=4, method="ertacache",
+                             prompt_encoder=encode, **settings)
+    assert plan.nfe == 4
+
+    def call():
+        return loaded.pipe(**settings, output_type="latent", generator=torch.Generator("cpu").manual_seed(0),
+                           **encode(["a red circle"])).images
+
+    plain = call()
+    with ertacli.cached(loaded.pipe, plan):
+        outs, nfes = [], []
+        for _ in range(3):
+            outs.append(call())
+            nfes.append(ertacli.last_call_stats(loaded.pipe)["nfe_per_branch"])
+    assert nfes == [{"cond_uncond": 4}] * 3
+    assert all(torch.equal(o, outs[0]) for o in outs) and not torch.equal(outs[0], plain)
+    assert torch.equal(call(), plain)
+
+
+def test_two_denoisers_prefixed_streams_share_one_clock(tiny_flux):
+    """Session(denoisers=...) hooks every listed transformer with its stream prefix, one controller and one clock;
+    the second transformer (a copy here, called by hand inside the pipeline's call) counts as its own stream."""
+    import copy
+
+    loaded, recipe = tiny_flux
+    pipe, T = loaded.pipe, recipe.sampling.steps
+    second = copy.deepcopy(pipe.transformer)
+    pipe.transformer_2 = second
+    seen = []
+
+    def also_second(module, args, kwargs, out):  # what a two-expert pipeline would do: call the other denoiser
+        with second.cache_context("cond"):
+            seen.append(second(**kwargs)[0])
+
+    ctl = ApplyController(T, cached={"high/cond": {2}, "low/cond": {3}})
+    session = Session(pipe, loaded.backbone, ctl, denoisers=(("transformer", "high/"), ("transformer_2", "low/")))
+    handle = pipe.transformer.register_forward_hook(also_second, with_kwargs=True)
+    try:
+        with session:
+            session.fresh()
+            _plain(loaded, recipe)
+            assert dict(ctl.nfe) == {"high/cond": T - 1, "low/cond": T - 1}
+            assert dict(ctl.n_cached) == {"high/cond": 1, "low/cond": 1}
+            assert session.configs[0].clock is session.configs[1].clock and session.configs[1].clock.call == 1
+            _plain(loaded, recipe)  # a second pipeline call: one new clock tick, the same counts
+            assert session.configs[0].clock.call == 2 and dict(ctl.nfe) == {"high/cond": T - 1, "low/cond": T - 1}
+    finally:
+        handle.remove()
+        del pipe.transformer_2
+    _no_ertacache_hooks(second)
+    _no_ertacache_hooks(pipe.transformer)
+    assert len(seen) == 2 * T

@@ -285,10 +285,10 @@ class _Toy(torch.nn.Module):
 
 
 def _toy_run(controller, T):
-    from ertacli.engine import apply_ertacache, remove_ertacache, reset_ertacache
+    from ertacli.engine import ErtaCacheConfig, apply_ertacache, remove_ertacache, reset_ertacache
 
     toy = _Toy()
-    apply_ertacache(toy, (), controller, residual="latent")
+    apply_ertacache(toy, ErtaCacheConfig(controller, residual="latent"))
     reset_ertacache(toy)
     controller.begin()
     x = torch.arange(6.0).reshape(2, 3)

@@ -35,7 +35,7 @@ def test_overhead_two_branches(results, monkeypatch, capsys):
     assert (run / "overhead.md").is_file() and (run / "resources.json").is_file()
 
 
-@pytest.mark.parametrize("args,needle", [(["-r", "1.5"], "--ratio 1.5"), (["--predictor", "taylor"], "--predictor")])
+@pytest.mark.parametrize("args,needle", [(["-r", "1.5"], "--ratio 1.5"), (["--predictors", "taylor"], "--predictors 'taylor'")])
 def test_overhead_bad_input(results, monkeypatch, capsys, args, needle):
     code, out, err = cli(monkeypatch, capsys, "overhead", "-m", "tiny-wan-random", "--device", "cpu", *args, *SMALL)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from ertacli.backbones.sampler import run_batch
-from ertacli.engine import ApplyController, FitController, LiveSchedule, RecordController, Session
+from ertacli.engine import ApplyController, FitController, LiveSchedule, RecordController
 from ertacli.engine.predict import Predictor, newton_term
 
-from conftest import LoadedSession, PROMPTS, SEEDS
+from conftest import PROMPTS, SEEDS, LoadedSession, run_batch
 
 
 def _with(loaded, recipe, controller):
@@ -176,7 +174,6 @@ def test_cli_extrapolating_search_fit_gain_and_placement(results, monkeypatch, c
     assert "placement: calibration L1" in out
     (fit_run,) = runs(results, "tiny-flux-random", "fit")
     plan = load_plan(fit_run)
-    folder = plan.folder
     assert plan.placement["after"] <= plan.placement["before"] and plan.placement["trials"] <= 3
     assert plan.nfe == searched.nfe and plan.fit["decision"]["gain"] is True
     assert isinstance(plan.predictor["c"], dict) and plan.predictor["c"]["cond"]

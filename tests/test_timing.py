@@ -6,7 +6,7 @@ import time
 
 from ertacli.calibration.samples import Samples
 from ertacli.commands.eval import timed
-from ertacli.evaluation.runners import PlanRunner
+from ertacli.runs.plan_runner import PlanRunner
 from ertacli.plan import Plan, load_plan, model_id, recipe_key
 from ertacli.runs.job import Job
 

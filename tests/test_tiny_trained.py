@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli
+from conftest import cli, run_batch
 from ertacli.backbones.loader import load_pipeline, model_path
 from ertacli.backbones.minilm import DIM, MAX_TOKENS, MiniLMTextEncoder
-from ertacli.backbones.sampler import run_batch
 from ertacli.evaluation.metrics import compute_metrics
 from ertacli.recipe import resolve_recipe
-from ertacli.tinytrain.classifier import batch_accuracy, prompt_digit
-from ertacli.tinytrain.data import DIGIT_WORDS, digits, render_images, render_videos
+from ertacli.evaluation.digit_classifier import batch_accuracy, prompt_digit
+from ertacli.evaluation.digit_data import DIGIT_WORDS, digits, render_images, render_videos
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +40,7 @@ def _rgb(latents: torch.Tensor) -> torch.Tensor:
 
 
 def test_trained_pipelines_load(flux, wan):
-    (lf, rf), (lw, rw) = flux, wan
+    (lf, rf), (lw, _) = flux, wan
     assert type(lf.transformer).__name__ == "FluxTransformer2DModel"
     assert type(lw.transformer).__name__ == "WanTransformer3DModel"
     assert isinstance(lf.encoder, MiniLMTextEncoder) and lf.encoder.style == "flux"

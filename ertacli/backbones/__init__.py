@@ -6,10 +6,6 @@ from dataclasses import dataclass
 
 from ertacli.errors import UserError
 
-ADJUSTABLE_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
-"""Scheduler classes for which timestep adjustment is valid (Euler flow matching)."""
-
-
 @dataclass(frozen=True)
 class Backbone:
     """Static facts about one diffusers pipeline class."""

@@ -124,7 +124,7 @@ def write_recipe(source: str, out: str | None = None, force: bool = False) -> Pa
     name, text = recipe_text(source)
     path = Path(out) if out else Path("recipes") / f"{name}.yaml"
     if path.exists() and not force:
-        raise UserError(f"{path} exists; pass --out another path or --force to replace it")
+        raise UserError(f"{path} exists; pass --force to replace it (or move it away first)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)

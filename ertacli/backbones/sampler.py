@@ -1,7 +1,7 @@
 """A pipeline and the fixed settings of its calls: one call per batch, per-sample seeds, final latents and media.
 
 Calibration and evaluation run everything through a `Sampler`, whether the CLI built the pipeline from a recipe
-(`Sampler.from_recipe`) or a user handed in their own (`Sampler.from_pipe`).
+(`Sampler.from_recipe`) or a user handed in their own (`ertacli.calibrate` builds one around the pipeline).
 """
 
 from __future__ import annotations
@@ -163,7 +163,3 @@ class Sampler:
         sigmas = [float(x) for x in getattr(self.pipe.scheduler, "sigmas", [])]
         return BatchResult(latents=latents, media=media, seconds=seconds, sigmas=sigmas)
 
-
-def run_batch(loaded, recipe, prompts: Sequence[str], seeds: Sequence[int], on_step: Any = None) -> BatchResult:
-    """One call of a recipe's loaded pipeline: `Sampler.from_recipe(loaded, recipe).run(prompts, seeds)`."""
-    return Sampler.from_recipe(loaded, recipe).run(prompts, seeds, on_step)

@@ -119,3 +119,21 @@ class PipelineTextEncoder:
         return out
 
     encode = pipeline_kwargs
+
+
+PROMPT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+"""The pipeline components that turn `prompt=` into embeddings (SD3's text_encoder_3 is optional in diffusers)."""
+
+
+def check_pipeline_encodes_prompts(pipe: Any) -> None:
+    """A pipeline given `prompt=` with no text encoder or tokenizer: one line saying so and what to pass instead,
+    before any pipeline call (diffusers would fail inside its prompt encoding, after the model work has started)."""
+    from ertacli.errors import UserError
+
+    config = getattr(pipe, "config", None)
+    declared = set(config.keys()) if hasattr(config, "keys") else set()
+    missing = [name for name in PROMPT_PARTS if name in declared and getattr(pipe, name, None) is None]
+    if missing:
+        raise UserError(f"the prompts cannot be encoded: {type(pipe).__name__}.{missing[0]} is None; pass "
+                        f"prompt_encoder= (e.g. ertacli.minilm_encoder() for the tiny models, or a function from "
+                        f"prompts to prompt_embeds kwargs), or load the pipeline with its text encoder")

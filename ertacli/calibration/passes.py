@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..progress import task
 from .samples import Samples
+
+if TYPE_CHECKING:
+    from ..plan import Plan
 
 
 def apply_controller(plan: Plan, channel_dim: int, coeffs=None, sigmas=None):

@@ -135,7 +135,7 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
 
 
 def bench_job(model: str, sets: list[str] | None, device: str | None, quiet: bool,
-              method: str | None = "ertacache") -> Job:
+              method: str | None = None) -> Job:
     """Resolve the recipe (with the method preset), check the GPU and the weights, then make the job."""
     from ..presets import method_overrides
     from ..recipe import resolve_recipe

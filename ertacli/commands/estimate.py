@@ -10,12 +10,12 @@ def estimate_rows(prompts: int, seeds: int, baseline_s: float, cached_s: float, 
     """Hours per GPU count: every rank takes ceil(videos / gpus) videos, baseline and cached each (no overlap)."""
     from ..errors import UserError
 
-    for name, v in (("--prompts", prompts), ("--seeds", seeds), ("--baseline-seconds", baseline_s),
+    for name, v in (("--n-prompts", prompts), ("--n-seeds", seeds), ("--baseline-seconds", baseline_s),
                     ("--cached-seconds", cached_s), *(("--gpus", g) for g in gpus)):
         if not v > 0 or v != v or v == float("inf"):
             raise UserError(f"{name} must be a positive number, got {v}")
     if calibration_passes < 0 or calibration_prompts < 0:
-        raise UserError("--calibration-passes and --calibration-prompts must be 0 or more")
+        raise UserError("--calibration-passes and --n-calibration-prompts must be 0 or more")
     videos = prompts * seeds
     rows = []
     for g in gpus:

@@ -92,7 +92,7 @@ def phi_counts(plan: Plan) -> str | None:
 
 def plan_row(job: Job, samples: Samples, base_dir: Path, plan_dir, method: str) -> dict:
     """`result_row` of a saved plan."""
-    from ..evaluation.runners import PlanRunner
+    from ..runs.plan_runner import PlanRunner
     from ..plan import load_plan
 
     plan = load_plan(plan_dir)

@@ -70,7 +70,8 @@ def done_indices(run_path: Path, n: int, digest: str | None = None) -> set[int]:
 
 def runner_for(job: Job, plan_path: str | None):
     """The runner for a plan (checked against the recipe) or, with no plan, the uncached baseline."""
-    from ..evaluation.runners import PlanRunner, baseline_runner
+    from ..evaluation.runners import baseline_runner
+    from ..runs.plan_runner import PlanRunner
     from ..plan import check_plan, load_plan
 
     if plan_path is None:

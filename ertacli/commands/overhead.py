@@ -49,7 +49,7 @@ def uncalibrated_plan(job: Job, n_cached: int, predictor: str):
 
 def time_uniform(job: Job, samples: Samples, n_cached: int, predictor: str, baseline) -> dict:
     """Paired timing of one uniform cache (whole call and inside the transformer); NFE as counted in its last call."""
-    from ..evaluation.runners import PlanRunner
+    from ..runs.plan_runner import PlanRunner
     from .eval import timed
 
     runner = PlanRunner(job.sampler, uncalibrated_plan(job, n_cached, predictor))
@@ -74,7 +74,7 @@ def run_overhead(job: Job, ratios: list[float], predictors: list[str]) -> tuple:
 
     unknown = [p for p in predictors if p not in PREDICTORS]
     if unknown:
-        raise UserError(f"--predictor {unknown[0]!r}: choose from {', '.join(PREDICTORS)}")
+        raise UserError(f"--predictors {unknown[0]!r}: choose from {', '.join(PREDICTORS)}")
     counts = cached_counts(job.recipe.sampling.steps, ratios)
     samples = job.eval_samples().first(job.recipe.eval.timing_samples)
     baseline = baseline_runner(job.sampler, job.recipe.cache.residual)

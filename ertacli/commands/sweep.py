@@ -18,7 +18,7 @@ def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path, timed_too: 
 
     from ..api import plan_controller
     from ..calibration.passes import calibration_pass
-    from ..evaluation.runners import PlanRunner
+    from ..runs.plan_runner import PlanRunner
     from ..evaluation.scoring import mean_psnr
     from ..plan import load_plan
     from ..runs.media import to_uint8
@@ -38,18 +38,18 @@ def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path, timed_too: 
     return {**quality, "calib_speedup": timed(job, samples, PlanRunner(sampler, plan))["speedup"]}
 
 
-def choose(rows: list[dict], target_speedup: float | None, min_psnr: float | None) -> dict | None:
+def choose(rows: list[dict], pick_speedup: float | None, pick_psnr: float | None) -> dict | None:
     """The lambda meeting the target on the calibration set: best PSNR at >= X speedup, or fastest at >= Y dB."""
-    if target_speedup is None and min_psnr is None:
+    if pick_speedup is None and pick_psnr is None:
         return None
-    if target_speedup is not None:
-        ok = [r for r in rows if r["calib_speedup"] >= target_speedup]
+    if pick_speedup is not None:
+        ok = [r for r in rows if r["calib_speedup"] >= pick_speedup]
         pick = max(ok, key=lambda r: r["calib_psnr"]) if ok else None
-        want = f"measured calibration speedup >= {target_speedup:g}"
+        want = f"measured calibration speedup >= {pick_speedup:g}"
     else:
-        ok = [r for r in rows if r["calib_psnr"] >= min_psnr]
+        ok = [r for r in rows if r["calib_psnr"] >= pick_psnr]
         pick = max(ok, key=lambda r: r["calib_speedup"]) if ok else None
-        want = f"calibration PSNR >= {min_psnr:g} dB"
+        want = f"calibration PSNR >= {pick_psnr:g} dB"
     if pick is None:
         return {"lambda": None, "reason": f"no lambda in the grid reached {want}; widen --lambda"}
     return {"lambda": pick["lambda"], "reason": f"{want}: calibration PSNR {pick['calib_psnr']:.2f} dB, "
@@ -138,8 +138,8 @@ def profiled_plans(df) -> list:
     return out
 
 
-def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, target_speedup: float | None = None,
-              min_psnr: float | None = None, nfes: list[int] | None = None, presets: list[str] | None = None,
+def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, pick_speedup: float | None = None,
+              pick_psnr: float | None = None, nfes: list[int] | None = None, presets: list[str] | None = None,
               max_samples: int | None = None):
     """A lambda grid, or (nfes) every method preset and peer at matched NFEs; returns (run dir, table, choice)."""
     import pandas as pd
@@ -150,10 +150,10 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
     from .generate import run_generate
     from .profile import find_or_make_profile
 
-    if target_speedup is not None and min_psnr is not None:
-        raise UserError("give one of --target-speedup or --min-psnr, not both")
-    if nfes and (target_speedup is not None or min_psnr is not None):
-        raise UserError("--target-speedup / --min-psnr choose a lambda; they do not combine with --nfe")
+    if pick_speedup is not None and pick_psnr is not None:
+        raise UserError("give one of --pick-speedup or --pick-psnr, not both")
+    if nfes and (pick_speedup is not None or pick_psnr is not None):
+        raise UserError("--pick-speedup / --pick-psnr choose a lambda; they do not combine with --nfe")
     profile, pdir = find_or_make_profile(job, None)
     samples = job.eval_samples().first(max_samples or None)
     base_dir = run_generate(job, samples, None)
@@ -166,7 +166,7 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
             rows, plans = rows + r, plans + p
     else:
         search_dir, ours, peers, plans = lambda_rows(job, lambdas, Path(pdir), samples, base_dir, compare_peers)
-        rows, picked = ours + peers, choose(ours, target_speedup, min_psnr)
+        rows, picked = ours + peers, choose(ours, pick_speedup, pick_psnr)
     df = pd.DataFrame(rows)
     with job.rundir("sweep") as run:
         job.start(run, "sweep", samples.seeds)

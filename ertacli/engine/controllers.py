@@ -25,8 +25,8 @@ class Controller:
     """Base: per-call counters of full (NFE) and cached transformer calls per branch.
 
     `check(call, output)`, when set, sees the first computed call of every branch in a pipeline call (step 0) and
-    may raise (e.g. a plan made for another model). The pipeline resets the hooks after each call (`on_reset`);
-    the counters stay readable until the next call's first transformer call starts them again.
+    may raise (e.g. a plan made for another model). The engine calls `begin()` when it sees a pipeline call start
+    (`CallClock`); the counters stay readable until then.
     """
 
     schedule: LiveSchedule | None = None
@@ -47,19 +47,12 @@ class Controller:
         self.nfe: dict[str, int] = defaultdict(int)
         self.n_cached: dict[str, int] = defaultdict(int)
         self.shapes: dict[str, list[int]] = {}
-        self.call_ended = False
-
-    def on_reset(self) -> None:
-        """The pipeline reset the hooks after a call: the next transformer call starts a new count."""
-        self.call_ended = True
 
     def call_stats(self) -> dict:
         """Counters of the most recent pipeline call: per branch NFE, cached calls and output shape."""
         return {"nfe": dict(self.nfe), "cached": dict(self.n_cached), "shapes": dict(self.shapes)}
 
     def _check_step(self, call) -> None:
-        if self.call_ended:
-            self._clear_counters()
         if call.k >= self.T:
             raise RuntimeError(f"branch '{call.branch}' called {call.k + 1} times in a {self.T}-step run")
 

@@ -1,8 +1,10 @@
 """Diffusers hooks that let a controller compute, skip or double-run the transformer's block stack.
 
-One technique, diffusers style: a shared `StateManager` of per-branch `BranchState` (keyed by the pipeline's
-`cache_context` name), a step hook on the transformer, a head hook on the first block and pass-through hooks on
-the others. `apply_ertacache` / `remove_ertacache` attach and detach them; no class's `forward` is reassigned.
+One technique, diffusers style (`apply_ertacache(transformer, ErtaCacheConfig(...))`): per-stream `BranchState`
+(keyed by the pipeline's `cache_context` name) in a `StreamStates`, a step hook on the transformer, a head hook on
+the first block and pass-through hooks on the others. `remove_ertacache` detaches them; no class's `forward` is
+reassigned and nothing is written onto diffusers' objects. The caching logic always runs eagerly, outside any
+compiled graph (`torch.compiler.disable`); what compiles is each block class's own forward (docs/method.md).
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import StateManager
-from diffusers.hooks._helpers import TransformerBlockRegistry
-from diffusers.hooks.hooks import BaseState, CacheContext
+from diffusers.hooks.hooks import BaseState
+
+from .config import ErtaCacheConfig, progress_of
+from .diffusers_compat import StreamStates, block_layout, unwrap, user_compiled
+from .diffusers_compat import block_output  # noqa: F401  (the peer caches' hooks import it from here)
 
 STEP_HOOK = "ertacache_step"
 HEAD_HOOK = "ertacache_head"
 BLOCK_HOOK = "ertacache_block"
-DEFAULT_BRANCH = "default"
 
 
 class BranchState(BaseState):
@@ -30,6 +33,7 @@ class BranchState(BaseState):
         self.reset()
 
     def reset(self, *args, **kwargs) -> None:
+        self.call = -1             # the pipeline call (CallClock id) this state belongs to
         self.step = 0
         self.skip = False          # the block stack is skipped on the call in flight
         self.inject = None         # residual added to h_in when skipping
@@ -37,12 +41,6 @@ class BranchState(BaseState):
         self.residual = None       # R_k of the last full call (block stack output - input)
         self.cached = None         # R~: the residual a cached step reuses
         self.extra: dict[str, Any] = {}   # controller-owned per-branch values (previous R, v, ...)
-
-
-def _ensure_context(states: StateManager) -> None:
-    """Pipelines that set no cache_context run under the backbone's registered default branch name."""
-    if states._context is None:
-        states.set_context(CacheContext(name=getattr(states, "default_branch", DEFAULT_BRANCH)))
 
 
 class TransformerCall:
@@ -68,14 +66,14 @@ class TransformerCall:
 
     def _forward(self) -> torch.Tensor:
         """The original forward, in micro-batches when configured; R_k and outputs are re-assembled whole."""
-        B, mb = self.x.shape[0], self.hook.micro_batch
+        B, mb = self.x.shape[0], self.hook.config.micro_batch
         if not mb or B <= mb:
             out = self.hook.forward_fn(*self.args, **self.kwargs)
             self._out_template = out
             return out[0] if isinstance(out, tuple) else out.sample
         st, inject, outs, residuals = self.state, self.state.inject, [], []
         for a in range(0, B, mb):
-            args, kwargs = _chunk(self.args, self.kwargs, a, a + mb, B, self.hook.unbatched)
+            args, kwargs = _chunk(self.args, self.kwargs, a, a + mb, B, self.hook.config.unbatched)
             st.inject = None if inject is None else inject[a:a + mb]
             if inject is None:
                 st.residual = None
@@ -92,9 +90,9 @@ class TransformerCall:
         """Full call; afterwards `state.residual` holds R_k in the configured residual space."""
         st = self.state
         st.skip, st.inject = False, None
-        if self.hook.residual in ("latent", "velocity"):
+        if self.hook.config.residual in ("latent", "velocity"):
             v = self._forward()
-            st.residual = v - self.x if self.hook.residual == "latent" else v
+            st.residual = v - self.x if self.hook.config.residual == "latent" else v
             return v
         st.residual = None
         v = self._forward()
@@ -105,9 +103,9 @@ class TransformerCall:
     def skipped(self, residual: torch.Tensor) -> torch.Tensor:
         """Cached velocity v~: block stack replaced by h_in + residual (latent: x + residual; velocity: residual)."""
         st = self.state
-        if self.hook.residual == "latent":
+        if self.hook.config.residual == "latent":
             return self.x + residual
-        if self.hook.residual == "velocity":
+        if self.hook.config.residual == "velocity":
             return residual
         st.skip, st.inject = True, residual
         try:
@@ -137,108 +135,94 @@ def _output_cls():
 
 
 class StepHook(ModelHook):
-    """Transformer-level hook: counts steps per branch and hands each call to the controller."""
+    """Transformer-level hook: finds the pipeline call, counts steps per stream, hands each call to the controller."""
 
     _is_stateful = True
 
-    def __init__(self, states: StateManager, controller, residual: str, micro_batch: int = 0,
-                 unbatched: tuple[str, ...] = ()):
+    def __init__(self, states: StreamStates, config: ErtaCacheConfig):
         super().__init__()
-        self.states, self.controller, self.residual = states, controller, residual
-        self.micro_batch, self.unbatched = micro_batch, unbatched
+        self.states, self.config = states, config
+        self.forward_fn = None
 
+    @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        _ensure_context(self.states)
-        state: BranchState = self.states.get_state()
-        name = self.states.context.name
+        cfg, stream = self.config, self.states.stream
+        call_id = cfg.clock.tick(stream, progress_of(self.states.step_index, kwargs))
+        state: BranchState = self.states.current()
+        if state.call != call_id:
+            state.reset()
+            state.call = call_id
         k = state.step
         state.step += 1
-        shared = getattr(self.states, "shared_steps", None)
-        if shared is not None:  # several transformers (Wan2.2 experts): k is the step, counted over all of them
-            k = shared[name] = shared.get(name, -1) + 1
-        self.forward_fn = own_forward(self, module) if self.residual != "hidden" else self.fn_ref.original_forward
-        call = TransformerCall(self, args, kwargs, state, k, getattr(self.states, "prefix", "") + name)
-        return self.controller.on_call(call)
+        if cfg.stream_prefix and self.states.step_index is not None:
+            k = int(self.states.step_index)  # several transformers (Wan2.2's experts): k is the pipeline's step
+        hidden = cfg.residual == "hidden"
+        self.forward_fn = self.fn_ref.original_forward if hidden else own_forward(self, module)
+        try:
+            return cfg.controller.on_call(TransformerCall(self, args, kwargs, state, k, stream))
+        except BaseException:  # an interrupted or refused call: the next transformer call starts a new one
+            cfg.clock.end()
+            raise
 
     def reset_state(self, module):
-        """The pipeline's own reset after each call (diffusers `maybe_free_model_hooks`): branch state and counters."""
+        """diffusers' reset after a pipeline call (transformers with its cache mixin): the next call starts anew."""
         self.states.reset()
-        if getattr(self.states, "shared_steps", None) is not None:
-            self.states.shared_steps.clear()
-        on_reset = getattr(self.controller, "on_reset", None)
-        if on_reset is not None:
-            on_reset()
+        self.config.clock.end()
         return module
-
-
-def block_output(meta, args, kwargs, hidden: torch.Tensor):
-    """A block's return value with `hidden` as its hidden states and the text stream passed through."""
-    if meta.return_encoder_hidden_states_index is None:
-        return hidden
-    enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
-    ret = [None] * (max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1)
-    ret[meta.return_hidden_states_index] = hidden
-    ret[meta.return_encoder_hidden_states_index] = enc
-    return tuple(ret)
 
 
 class _BlockHook(ModelHook):
-    """Shared by the block hooks: the branch state and the block class's argument/return layout."""
+    """Shared by the block hooks: the stream state and the block class's argument/return layout."""
 
     _is_stateful = True
 
-    def __init__(self, states: StateManager):
+    def __init__(self, states: StreamStates, config: ErtaCacheConfig):
         super().__init__()
-        self.states, self.meta = states, None
+        self.states, self.config, self.layout = states, config, None
 
     def initialize_hook(self, module):
-        self.meta = TransformerBlockRegistry.get(module.__class__)
+        self.layout = block_layout(type(unwrap(module)))
         return module
 
     def reset_state(self, module):
         self.states.reset()
         return module
-
-    def _state(self) -> BranchState:
-        _ensure_context(self.states)
-        return self.states.get_state()
-
-    def _hidden(self, args, kwargs) -> torch.Tensor:
-        return self.meta._get_parameter_from_args_kwargs(self.meta.hidden_states_argument_name, args, kwargs)
 
 
 class StackHeadHook(_BlockHook):
     """First block: records h_in; when the call is cached, returns h_in + R~ and the stack is passed through."""
 
+    @torch.compiler.disable
     def new_forward(self, module, *args, **kwargs):
-        st = self._state()
-        st.h_in = self._hidden(args, kwargs)
+        st = self.states.current()
+        st.h_in = self.layout.hidden(args, kwargs)
         if st.skip:
-            return block_output(self.meta, args, kwargs, st.h_in + st.inject)
+            return self.layout.output(args, kwargs, st.h_in + st.inject)
         return own_forward(self, module)(*args, **kwargs)
 
 
 class StackBlockHook(_BlockHook):
     """Later blocks: pass through on a cached call; the tail block stores R_k = h_out - h_in on a full call."""
 
-    def __init__(self, states: StateManager, is_tail: bool):
-        super().__init__(states)
+    def __init__(self, states: StreamStates, config: ErtaCacheConfig, is_tail: bool):
+        super().__init__(states, config)
         self.is_tail = is_tail
 
+    @torch.compiler.disable
     def new_forward(self, module, *args, **kwargs):
-        st = self._state()
+        st = self.states.current()
         if st.skip:
-            return block_output(self.meta, args, kwargs, self._hidden(args, kwargs))
+            return self.layout.output(args, kwargs, self.layout.hidden(args, kwargs))
         out = own_forward(self, module)(*args, **kwargs)
         if self.is_tail:
-            h_out = out[self.meta.return_hidden_states_index] if isinstance(out, tuple) else out
-            st.residual = h_out - st.h_in
+            st.residual = self.layout.hidden_of(out) - st.h_in
         return out
 
 
-# Optional regional compilation (Session(..., compile=True)): each block class's own forward is compiled once and
-# shared by its instances (diffusers' compile_repeated_blocks); the hooks' caching logic stays eager, so cached
-# steps (decided before sampling) cause no graph break and no recompilation. Latent mode compiles the transformer.
+# Compilation (docs/method.md "torch.compile"): each block class's own forward is compiled once and shared by its
+# instances (as diffusers' compile_repeated_blocks); the hooks' caching logic stays eager, so cached steps (decided
+# before sampling) cause no graph break and no recompilation. Latent mode compiles the transformer's forward.
+# It applies when the config asks (`compile=True`) and whenever the user compiled the transformer or its blocks.
 _COMPILED: dict[tuple[type, str], Any] = {}
 
 
@@ -251,10 +235,15 @@ def compiled_forward(cls: type) -> Any:
     return fn
 
 
+def _compiling(hook: ModelHook, module: torch.nn.Module) -> bool:
+    cfg = hook.config
+    return cfg.compile or user_compiled(module) or (cfg.compiled is not None and cfg.compiled())
+
+
 def own_forward(hook: ModelHook, module: torch.nn.Module) -> Any:
-    """The forward a hook wraps: compiled when the session asks and the hook sits on the module's own forward."""
+    """The forward a hook wraps: compiled when asked and the hook sits on the module's own forward."""
     fn = hook.fn_ref.original_forward
-    if getattr(hook.states, "compile", False) and getattr(fn, "__func__", None) is type(module).forward:
+    if getattr(fn, "__func__", None) is type(module).forward and _compiling(hook, module):
         return functools.partial(compiled_forward(type(module)), module)
     return fn
 
@@ -271,43 +260,45 @@ def _blocks(transformer: torch.nn.Module, block_lists: tuple[str, ...]) -> list[
     return blocks
 
 
-def apply_ertacache(transformer: torch.nn.Module, block_lists: tuple[str, ...], controller,
-                    residual: str = "hidden", micro_batch: int = 0, unbatched: tuple[str, ...] = (),
-                    default_branch: str = DEFAULT_BRANCH, compile: bool = False, prefix: str = "",
-                    shared_steps: dict | None = None) -> StateManager:
-    """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `controller`.
+def _register(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
 
-    `prefix` names this transformer's streams (`high/` + branch); `shared_steps`, one dict shared by the
-    transformers of a pipeline, counts the steps over all of them (a stream's k is the pipeline's step).
+
+def apply_ertacache(transformer: torch.nn.Module, config: ErtaCacheConfig) -> StreamStates:
+    """Attach the step hook (and, for hidden-space residuals, the block-stack hooks) driven by `config.controller`.
+
+    `transformer` may be a `torch.compile` wrapper; the hooks go on the module it holds. Returns the stream states.
     """
+    transformer = unwrap(transformer)
     remove_ertacache(transformer)
-    states = StateManager(BranchState)
-    states.prefix, states.shared_steps = prefix, shared_steps
-    states.default_branch = default_branch
-    states.compile = compile  # regional torch.compile of the blocks (latent mode: of the transformer)
-    if residual == "hidden":
-        blocks = _blocks(transformer, block_lists)
+    states = StreamStates(BranchState, config.default_branch, config.stream_prefix)
+    if config.residual == "hidden":
+        blocks = _blocks(transformer, config.block_lists)
         for i, block in enumerate(blocks[1:], start=1):
-            HookRegistry.check_if_exists_or_initialize(block).register_hook(
-                StackBlockHook(states, is_tail=i == len(blocks) - 1), BLOCK_HOOK)
+            _register(block, StackBlockHook(states, config, is_tail=i == len(blocks) - 1), BLOCK_HOOK)
         if len(blocks) == 1:
-            HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(
-                StackBlockHook(states, is_tail=True), BLOCK_HOOK)
-        HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(StackHeadHook(states), HEAD_HOOK)
+            _register(blocks[0], StackBlockHook(states, config, is_tail=True), BLOCK_HOOK)
+        _register(blocks[0], StackHeadHook(states, config), HEAD_HOOK)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(StepHook(states, controller, residual, micro_batch, unbatched), STEP_HOOK)
+    registry.register_hook(StepHook(states, config), STEP_HOOK)
     registry.invalidate_child_registries_cache()
     return states
 
 
+def attached_config(transformer: torch.nn.Module) -> ErtaCacheConfig | None:
+    """The config of the ertacache hooks on `transformer` (or the module a compile wrapper holds), else None."""
+    hook = HookRegistry.check_if_exists_or_initialize(unwrap(transformer)).get_hook(STEP_HOOK)
+    return None if hook is None else hook.config
+
+
 def remove_ertacache(transformer: torch.nn.Module) -> None:
     """Detach every ertacache hook from the transformer and its blocks (a no-op when none is attached)."""
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry = HookRegistry.check_if_exists_or_initialize(unwrap(transformer))
     for name in (STEP_HOOK, HEAD_HOOK, BLOCK_HOOK):
         registry.remove_hook(name, recurse=True)
     registry.invalidate_child_registries_cache()
 
 
 def reset_ertacache(transformer: torch.nn.Module) -> None:
-    """Forget all per-branch state before a new pipeline call."""
-    HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks(recurse=True)
+    """Forget all per-stream state; the next transformer call starts a new pipeline call."""
+    HookRegistry.check_if_exists_or_initialize(unwrap(transformer)).reset_stateful_hooks(recurse=True)

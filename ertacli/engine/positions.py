@@ -29,19 +29,18 @@ class PositionHook(ModelHook):
 
     def __init__(self, states):
         super().__init__()
-        self.engine_states = states  # the step hook's StateManager (not a field diffusers sets contexts on)
+        self.engine_states = states  # the step hook's StreamStates (diffusers sets contexts on it too: same names)
         self.reset_state(None)
 
     def pre_forward(self, module, *args, **kwargs):
         states = self.engine_states
-        if states._context is not None and not self.named:  # the pipeline named this call
+        if states.name is not None and not self.named:  # the pipeline named this call
             return args, kwargs
         t = kwargs.get("timestep")
         same = t is not None and self.last is not None and _same(t, self.last)
         self.position = self.position + 1 if same else 0
         self.last = t.detach().clone() if isinstance(t, torch.Tensor) else t
-        default = getattr(states, "default_branch", "default")
-        states.set_context(CacheContext(name=position_name(default, self.position)))
+        states.set_context(CacheContext(name=position_name(states.default, self.position)))
         self.named = True
         return args, kwargs
 

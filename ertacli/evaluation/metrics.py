@@ -51,7 +51,7 @@ def ssim(pred: Any, ref: Any, **ctx: Any) -> float:
 @register_metric("digit-acc")
 def digit_acc(pred: Any, ref: Any = None, *, prompt: str | None = None, **ctx: Any) -> float:
     """Share of frames a load_digits classifier labels as the digit the prompt names (ref ignored; NaN if none)."""
-    from ertacli.tinytrain.classifier import digit_accuracy
+    from .digit_classifier import digit_accuracy
 
     if prompt is None:
         raise ValueError("digit-acc needs the sample's prompt (compute_metrics(..., prompts=[...]))")

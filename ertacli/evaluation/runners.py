@@ -1,4 +1,5 @@
-"""Ways to run a pipeline that generate and eval treat alike: a plan, the uncached baseline, or a peer's cache.
+"""Ways to run a pipeline that generate and eval treat alike: the uncached baseline, or a peer's cache (a plan
+through the public API: `ertacli.runs.plan_runner.PlanRunner`, above the API).
 
 A runner is a context manager (hooks attached while open) whose `run(prompt, seed)` returns
 (BatchResult with `transformer_seconds`, NFE, cached calls) for one sample, and whose `info` describes it.
@@ -44,34 +45,6 @@ def timed_run(sampler, prompt: str, seed: int):
         out = sampler.run([prompt], [seed])
     out.transformer_seconds = clock.seconds
     return out
-
-
-class PlanRunner:
-    """A plan applied through the public API (`ertacli.cached`), exactly as a user's own code applies it."""
-
-    def __init__(self, sampler, plan):
-        self.sampler, self.plan = sampler, plan
-        self.info = {"kind": "ertacache", "plan": str(plan.folder) if plan.folder else None, "plan_nfe": plan.nfe}
-
-    def __enter__(self) -> "PlanRunner":
-        from ..api import enable_cache
-
-        enable_cache(self.sampler.pipe, self.plan, backbone=self.sampler.backbone.pipeline,
-                     compile=self.sampler.compile)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        from ..api import disable_cache
-
-        disable_cache(self.sampler.pipe)
-
-    def run(self, prompt: str, seed: int):
-        """(BatchResult, NFE, cached calls) of one sample."""
-        from ..api import last_call_stats
-
-        out = timed_run(self.sampler, prompt, seed)
-        self.last_stats = last_call_stats(self.sampler.pipe)
-        return out, self.last_stats["nfe"], self.last_stats["cached"]
 
 
 class ControllerRunner:

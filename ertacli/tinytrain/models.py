@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ertacli.backbones.minilm import DIM
-from ertacli.tinytrain.data import MOTIONS
+from ertacli.evaluation.digit_data import MOTIONS
 
 FLUX_TRANSFORMER = dict(
     patch_size=1,

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ertacli.tinytrain.data import caption_bank, digits, render_images, render_videos
+from ertacli.evaluation.digit_data import digits, render_images, render_videos
+from ertacli.tinytrain.data import caption_bank
 from ertacli.tinytrain.models import Spec, build_pipeline, build_transformer, forward_for
 
 DROPOUT = 0.1  # share of captions replaced by "" (the unconditional branch for classifier-free guidance)
@@ -187,7 +188,7 @@ def sample_check(pipe: Any, spec: Spec, prompts: list[str], seed: int, guidance:
     import torch
 
     from ertacli.backbones.minilm import MiniLMTextEncoder
-    from ertacli.tinytrain.classifier import batch_accuracy
+    from ertacli.evaluation.digit_classifier import batch_accuracy
 
     enc = MiniLMTextEncoder("wan" if spec.video else "flux")
     kwargs = dict(num_inference_steps=20, height=spec.size, width=spec.size, guidance_scale=guidance,
@@ -226,7 +227,7 @@ def _save_quietly(pipe: Any, out: Path) -> None:
 
 def train_and_save(spec: Spec, out_root: Path, seed: int, on_step: Any = None) -> dict:
     """Train, save the pipeline (save_pretrained, safetensors), the loss CSV, a sample grid and training.json."""
-    from ertacli.tinytrain.data import DIGIT_WORDS
+    from ertacli.evaluation.digit_data import DIGIT_WORDS
 
     out = Path(out_root) / spec.name
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import functools
 import re
 from typing import Any, Sequence
 
-from ertacli.tinytrain.data import DIGIT_WORDS, MOTIONS, digits, render_images, render_videos
+from .digit_data import DIGIT_WORDS, MOTIONS, digits, render_images, render_videos
 
 _TOKEN = re.compile(r"[a-z]+|\d+")
 CLIP_ROUNDS = 3  # random clip frames per digit in the training set
