@@ -23,7 +23,6 @@ import inspect
 import re
 import textwrap
 from dataclasses import replace
-from typing import Any
 
 from ertacli.backbones import Backbone, get_backbone, is_registered
 from ertacli.errors import UserError
