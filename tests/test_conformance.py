@@ -16,11 +16,8 @@ import ertacli
 from ertacli.backbones import tiny_zoo
 
 PROMPTS = ["a red fox", "a blue bird"]
-# Families whose transformer lacks diffusers' hook-reset after each pipeline call: the engine's step counter
-# does not restart on the next call (issue 22 point 5, helper h3's engine branch detects call starts itself).
-NO_RESET = "repeated calls need call-start detection in the engine (issue 22 point 5, h3)"
-REPEAT_XFAIL = {"sd3", "sana", "pixart-sigma", "lumina2"}
-UNSUPPORTED: dict[str, str] = {}
+UNSUPPORTED = {"lumina2": "the engine's call clock (engine/config.py progress_of) reads Lumina2's rising timestep "
+                           "(1 - t) as a new pipeline call at every step"}
 # Streams each family's call runs: cache_context names, else one stream per call position in a step.
 BRANCHES = {"flux": ["cond"], "wan2.1-t2v": ["cond", "uncond"], "sd3": ["cond_uncond"],
             "chroma": ["cond_uncond", "call1"], "lumina2": ["cond_uncond", "call1"], "cogview4": ["cond", "uncond"],
@@ -74,14 +71,9 @@ def test_family(tiny, tmp_path, request):
     assert stats["nfe"] == plan.nfe < uncached_nfe
     assert torch.isfinite(out).all()
 
-    try:
-        for _ in range(2):  # calls two and three
-            assert torch.equal(_run(tiny), out)
-            assert ertacli.last_call_stats(tiny.pipe)["nfe"] == plan.nfe
-    except (AssertionError, RuntimeError):
-        if family not in REPEAT_XFAIL:
-            raise
-        pytest.xfail(NO_RESET)  # passes by itself once the engine detects call starts
+    for _ in range(2):  # calls two and three
+        assert torch.equal(_run(tiny), out)
+        assert ertacli.last_call_stats(tiny.pipe)["nfe"] == plan.nfe
 
     plan.save(tmp_path / "plan")
     loaded = ertacli.load_plan(tmp_path / "plan")
