@@ -18,7 +18,7 @@ def run_fit(job: Job, plan_path: str, adjust: str | None = None, rectify: str | 
     from ..calibration.fit import FitSettings, fit_plan
 
     plan = load_plan(plan_path)
-    check_plan(plan, job.recipe)
+    check_plan(plan, job.run_settings())
     profile, pdir = load_profile(plan.calibration["profile_run"], job)
     samples = job.calibration()
     require_same(plan.where, "calibration set digest", plan.calibration["digest"], samples.digest(),
