@@ -106,12 +106,12 @@ class CallCheck:
         if branch not in p.branches:
             raise PlanMismatch(f"{what} has branches {p.branches}, this call runs branch {branch!r} (guidance or "
                                f"negative prompt differ): {REDO}")
+        want = p.sample_shape.get(branch)
+        if want is not None and list(want) != shape:  # before the sigmas, which a resolution-dependent shift moves
+            raise PlanMismatch(size_mismatch(what, p.settings, self.layout, list(want), shape))
         sched = getattr(self.pipe, "scheduler", None)
         if sched is not None:
             self._check_scheduler(sched)
-        want = p.sample_shape.get(branch)
-        if want is not None and list(want) != shape:
-            raise PlanMismatch(size_mismatch(what, p.settings, self.layout, list(want), shape))
 
     def _check_scheduler(self, sched) -> None:
         p, what = self.plan, self.plan.where

@@ -138,7 +138,8 @@ def check_model(where: str, recorded: dict | None, actual: dict | None) -> None:
     if w0 and w1 and w0 != w1:
         src = f" ({actual['source']})" if actual.get("source") else ""
         raise PlanMismatch(f"{where} was made with model weights sha256 {w0[:16]}, this run's model{src} has "
-                           f"{w1[:16]}: other weights than the plan was calibrated on; {REDO} on this model")
+                           f"{w1[:16]}: other weights than the plan was calibrated on; re-run calibration on this model "
+                           f"(`ertacache search` then `fit`, or ertacli.calibrate)")
 
 
 def _size(values: list) -> str:
