@@ -181,7 +181,7 @@ def check_settings(where: str, recorded: dict | None, model: dict | None, run: R
     rec = recorded or {}
     _same(where, "pipeline", rec.get("pipeline"), run.pipeline)
     _same(where, "dtype", rec.get("dtype"), run.dtype)
-    _same(where, "num_inference_steps", rec.get("steps"), run.steps)
+    _same(where, "steps", rec.get("steps"), run.steps)  # sampling.steps; num_inference_steps in a call
     check_size(where, rec, run)
     check_guidance(where, rec, run)
     calls = rec.get("call") if isinstance(rec.get("call"), dict) else {}
