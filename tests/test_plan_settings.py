@@ -218,3 +218,24 @@ def test_a_plan_from_before_recorded_settings_loads_and_says_re_run(tmp_path):
         check_plan(plan, RunSettings(steps=6, legacy_key="fedcba9876543210"))
     assert "predates recorded settings" in info.value.message and "re-run `ertacache search`" in info.value.message
     check_plan(plan, RunSettings(steps=6, legacy_key=VALID["recipe_key"]))
+
+
+def test_guidance_is_compared_only_where_the_pipeline_uses_it():
+    """FLUX without a guidance embedding ignores guidance_scale; with one, every value matters; classifier-free
+    guidance pipelines use it above 1 (at or below 1 no second branch runs, whatever the value)."""
+    import diffusers
+
+    from ertacli.plan_settings import RunSettings, check_settings, guidance_use
+
+    assert guidance_use(diffusers.FluxPipeline, {"guidance_embeds": False}) == "unused"
+    assert guidance_use(diffusers.FluxPipeline, {"guidance_embeds": True}) == "embedded"
+    assert guidance_use(diffusers.HunyuanVideoPipeline, {"guidance_embeds": False}) == "unused"
+    for cls in (diffusers.WanPipeline, diffusers.CogVideoXPipeline, diffusers.StableDiffusion3Pipeline):
+        assert guidance_use(cls, {}) == "cfg"
+    plan = {"guidance_scale": 3.5, "guidance": "unused"}
+    check_settings("plan p", plan, None, RunSettings(guidance_scale=7.0))
+    with pytest.raises(PlanMismatch, match=r"guidance_scale 3.5, this run has 7.0: "):
+        check_settings("plan p", {**plan, "guidance": "embedded"}, None, RunSettings(guidance_scale=7.0))
+    check_settings("plan p", {"guidance_scale": 1.0, "guidance": "cfg"}, None, RunSettings(guidance_scale=0.0))
+    with pytest.raises(PlanMismatch, match="one-branch plan on a call with classifier-free guidance"):
+        check_settings("plan p", {"guidance_scale": 1.0, "guidance": "cfg"}, None, RunSettings(guidance_scale=5.0))
