@@ -18,13 +18,29 @@ FORMAT = 1
 TRANSIENT = ("tensors", "folder")  # held in memory, never written into plan.json
 
 
-def recipe_key(recipe) -> str:
-    """Digest of what a plan depends on: the model, the sampling settings and the residual space."""
+def recipe_key(recipe, identity: dict | None = None) -> str:
+    """Digest of what a run depends on: the model, the sampling settings and the residual space.
+
+    With the model's `identity` (ertacli.identity: config and weights digest) the model is known by content,
+    not by its path string: runs are reused (baselines, profiles) only for the same weights.
+    """
     from .recipe import RUNTIME_MODEL_FIELDS
 
     model = {k: v for k, v in recipe.model.model_dump().items() if k not in RUNTIME_MODEL_FIELDS}
+    if identity and identity.get("weights"):
+        model.pop("path", None)
+        model["content"] = {"config": identity.get("config_digest"), "weights": identity["weights"]}
     data = {"model": model, "sampling": recipe.sampling.model_dump(), "residual": recipe.cache.residual}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+IDENTITY_FIELDS = ("recipe", "recipe_key", "model_id", "settings", "model", "made_by")
+
+
+def identity_fields(identity: dict) -> dict:
+    """The Plan fields an identity (`Job.identity()`, `api.pipeline_identity`) gives: recipe, keys, model
+    identity by content, the settings in the user's terms and what made the plan."""
+    return {k: identity.get(k) for k in IDENTITY_FIELDS}
 
 
 def prompts_digest(prompts: list[str], seeds: list[int]) -> str:
@@ -67,6 +83,9 @@ class Plan:
     adjusted_sigmas: list[float] | None = None
     rectify: dict | None = None
     model_class: str | None = None  # the transformer's class (plans made before this field: None, not checked)
+    settings: dict | None = None  # what it was made for in the user's terms (plan_settings.RunSettings.to_json)
+    model: dict | None = None  # the model by content: transformer class, config, weights digest (identity.py)
+    made_by: str | None = None  # the command or call that made it (`ertacache search`, `ertacli.calibrate`)
     tool_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: int = FORMAT
@@ -193,13 +212,18 @@ def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     return tensors
 
 
-def check_plan(plan: Plan, recipe) -> None:
-    """Refuse a plan made for another recipe, model, step count or sampling settings."""
-    redo = f"re-run `ertacache search --model {recipe.name}` (then `fit`) for this recipe"
-    require_same(plan.where, "steps", plan.steps, recipe.sampling.steps, redo, PlanMismatch)
-    require_same(plan.where, "model", plan.model_id, model_id(recipe), redo, PlanMismatch)
-    require_same(plan.where, "model/sampling settings key (size, frames, guidance or dtype)", plan.recipe_key,
-                 recipe_key(recipe), redo, PlanMismatch)
+def check_plan(plan: Plan, run) -> None:
+    """Refuse a plan made for another model or other settings than `run` (a plan_settings.RunSettings: the
+    one check the API's per-call check runs too); a plan made before plans recorded their settings is checked
+    by its step count and settings digest."""
+    from .plan_settings import check_settings
+
+    if plan.settings is None:
+        redo = "the plan predates recorded settings (an older ertacache); re-run `ertacache search` (then `fit`)"
+        require_same(plan.where, "num_inference_steps", plan.steps, run.steps, redo, PlanMismatch)
+        require_same(plan.where, "model/sampling settings key", plan.recipe_key, run.legacy_key, redo, PlanMismatch)
+    else:
+        check_settings(plan.where, plan.settings, plan.model, run)
     for b, steps in plan.cached_steps.items():
         bad = [k for k in steps if k <= 0 or k >= plan.steps - 1]
         if bad:

@@ -162,6 +162,43 @@ def validate_plan_data(data: Any, where: str, known: tuple[str, ...] | None = No
     for name in ("fit", "placement"):
         if data.get(name) is not None:
             c.mapping(name, data[name])
+    if data.get("settings") is not None:
+        _check_settings(c, data["settings"], steps)
+    if data.get("model") is not None:
+        _check_model(c, data["model"])
+    if data.get("made_by") is not None:
+        c.text("made_by", data["made_by"])
+
+
+def _check_settings(c: _Check, settings: Any, steps: int) -> None:
+    """`settings`: what the plan was made for in the user's terms (plan_settings.RunSettings); null = unknown."""
+    from .plan_settings import GUIDANCE_USES
+
+    c.mapping("settings", settings)
+    for name in ("steps", "height", "width", "frames"):
+        if settings.get(name) is not None:
+            c.integer(f"settings.{name}", settings[name], 1, 1 << 31)
+    if settings.get("steps") is not None and settings["steps"] != steps:
+        c.fail("settings.steps", f"= {settings['steps']} differs from steps = {steps}")
+    if settings.get("guidance_scale") is not None:
+        c.number("settings.guidance_scale", settings["guidance_scale"])
+    if settings.get("guidance") is not None:
+        c.choice("settings.guidance", settings["guidance"], GUIDANCE_USES)
+    for name in ("pipeline", "dtype"):
+        if settings.get(name) is not None:
+            c.text(f"settings.{name}", settings[name])
+    c.mapping("settings.call", settings.get("call", {}))
+
+
+def _check_model(c: _Check, model: Any) -> None:
+    """`model`: the transformer's class, config and weights digest (ertacli.identity)."""
+    c.mapping("model", model)
+    c.text("model.transformer", model.get("transformer"))
+    c.mapping("model.config", model.get("config"))
+    weights = model.get("weights")
+    if weights is not None and (not isinstance(weights, str) or len(weights) != 64
+                                or any(ch not in "0123456789abcdef" for ch in weights)):
+        c.fail("model.weights", f"must be a sha256 hex digest or null, got {_short(weights)}")
 
 
 def _check_branches(c: _Check, branches: Any, known: tuple[str, ...] | None) -> list[str]:

@@ -69,7 +69,7 @@ def done_indices(run_path: Path, n: int, digest: str | None = None) -> set[int]:
 
 
 def runner_for(job: Job, plan_path: str | None):
-    """The runner for a plan (checked against the recipe) or, with no plan, the uncached baseline."""
+    """The runner for a plan (checked against this run's model and settings) or, with no plan, the baseline."""
     from ..evaluation.runners import baseline_runner
     from ..runs.plan_runner import PlanRunner
     from ..plan import check_plan, load_plan
@@ -77,7 +77,7 @@ def runner_for(job: Job, plan_path: str | None):
     if plan_path is None:
         return baseline_runner(job.sampler, job.recipe.cache.residual)
     plan = load_plan(plan_path)
-    check_plan(plan, job.recipe)
+    check_plan(plan, job.run_settings())
     return PlanRunner(job.sampler, plan)
 
 
@@ -177,6 +177,7 @@ def run_generate(job: Job, samples: Samples, plan_path: str | None = None, runne
             _merge(run, samples, video, digest)
             run.write_json(GENERATE_FILE, {
                 "recipe_key": job.key, **runner.info, "samples": samples.to_json(), "device": job.device,
+                "settings": job.run_settings().to_json(), "model": job.model_identity,
                 "dtype": job.recipe.model.dtype, "media": "video" if video else "image",
                 "resumed": bool(done), "settings_digest": digest,
             })
