@@ -168,13 +168,16 @@ def validate(plan: Plan, branches: tuple[str, ...] | None = None) -> Plan:
 
     validate_plan_data(json.loads(json.dumps(plan.to_json(), default=str)), plan.where, branches)
     if plan.tensors:
+        from .plan_check import validate_coverage
+
         validate_tensors(plan.tensors, plan.branches, plan.where)
+        validate_coverage(plan.tensors, plan.cached_steps, (plan.rectify or {}).get("granularity"), plan.where)
     return plan
 
 
 def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     """rectify.safetensors for per-channel / per-element coefficients (None for scalar or no rectification)."""
-    from .plan_check import MAX_TENSOR_BYTES, read_bounded, validate_tensors
+    from .plan_check import MAX_TENSOR_BYTES, read_bounded, validate_coverage, validate_tensors
 
     if not plan.rectify or not plan.rectify.get("enabled") or plan.rectify.get("granularity") == "scalar":
         return None
@@ -190,6 +193,7 @@ def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     except Exception as exc:  # safetensors raises its own error types for a corrupt header
         raise UserError(f"{f}: not a readable tensor file ({str(exc)[:200]}); re-run `ertacache fit`")
     validate_tensors(tensors, plan.branches, str(f))
+    validate_coverage(tensors, plan.cached_steps, plan.rectify.get("granularity"), str(f))
     return tensors
 
 

@@ -33,6 +33,7 @@ class ResumeOptions:
     seed: list[int] = field(default_factory=list)
     device: str | None = None
     compile: bool = False
+    trust_adapter: bool = False  # the run's recipe may import its model.adapter file (never by default)
 
 
 def _sha(text: str) -> str:
@@ -132,6 +133,9 @@ def resume_job(path: str | Path, opts: ResumeOptions, quiet: bool = False) -> tu
     run, info = resume_dir(path)
     device = (info.get("settings") or {}).get("device")
     job = Job.make(str(run / "recipe.yaml"), [], opts.device or device, quiet=quiet)
+    from .reproduce import adapter_gate
+
+    adapter_gate(job.recipe, opts.trust_adapter, f"--resume {run}")
     job.compile = bool((info.get("settings") or {}).get("compile"))
     _check_recipe(run, job, opts)
     _check_inputs(run, job, info, opts)

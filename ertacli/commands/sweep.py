@@ -154,7 +154,7 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
     if nfes and (target_speedup is not None or min_psnr is not None):
         raise UserError("--target-speedup / --min-psnr choose a lambda; they do not combine with --nfe")
     profile, pdir = find_or_make_profile(job, None)
-    samples = job.eval_samples().first(max_samples or None)
+    samples = job.eval_samples().take(max_samples or None)
     base_dir = run_generate(job, samples, None)
     search_dir, picked = None, None
     if nfes:

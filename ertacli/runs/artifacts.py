@@ -38,7 +38,9 @@ def save_tensors(path: Path, tensors: dict) -> None:
     """Write tensors as safetensors."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    from .guard import target
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(target(path)))
 
 
 def load_tensors(path: Path) -> dict:

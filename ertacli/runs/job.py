@@ -10,7 +10,7 @@ from typing import Any
 
 from ..calibration.samples import Samples
 from ..plan import model_id, recipe_key
-from ..recipe import Recipe, read_prompt_file, resolve_recipe
+from ..recipe import Recipe, check_prompts, read_prompt_file, resolve_recipe
 from .artifacts import write_resources
 from .rundir import RunDir, env_info
 
@@ -58,7 +58,10 @@ class Job:
         """The loaded pipeline with this recipe's call settings."""
         from ..backbones.sampler import Sampler
 
+        from ..limits import check_fits
+
         sampler = Sampler.from_recipe(self.loaded, self.recipe)
+        check_fits(sampler, self.device)
         sampler.compile = self.compile or sampler.compile
         return sampler
 
@@ -97,7 +100,7 @@ class Job:
                      seeds: list[int] | None = None) -> Samples:
         """--prompt, then --prompts FILE, then the recipe's eval prompts; --seed or the recipe's eval seeds."""
         if prompts:
-            chosen = list(prompts)
+            chosen = check_prompts(list(prompts))
         elif prompts_file:
             chosen = read_prompt_file(prompts_file)
         else:
