@@ -153,8 +153,8 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, targe
         raise UserError("give one of --target-speedup or --min-psnr, not both")
     if nfes and (target_speedup is not None or min_psnr is not None):
         raise UserError("--target-speedup / --min-psnr choose a lambda; they do not combine with --nfe")
+    samples = job.eval_samples().take(max_samples or None)  # before any work: more than there are is refused
     profile, pdir = find_or_make_profile(job, None)
-    samples = job.eval_samples().take(max_samples or None)
     base_dir = run_generate(job, samples, None)
     search_dir, picked = None, None
     if nfes:
