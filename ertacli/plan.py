@@ -23,6 +23,7 @@ def recipe_key(recipe) -> str:
     from .recipe import RUNTIME_MODEL_FIELDS
 
     model = {k: v for k, v in recipe.model.model_dump().items() if k not in RUNTIME_MODEL_FIELDS}
+    model["path"] = _model_path(recipe)
     data = {"model": model, "sampling": recipe.sampling.model_dump(), "residual": recipe.cache.residual}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -32,9 +33,15 @@ def prompts_digest(prompts: list[str], seeds: list[int]) -> str:
     return hashlib.sha256(json.dumps([prompts, seeds]).encode()).hexdigest()[:16]
 
 
+def _model_path(recipe):
+    """model.path as the loader reads it (a ./ or ../ path resolved from the recipe's folder), so a run's recorded
+    recipe (paths made absolute) names the same model as the recipe it was made from."""
+    return recipe.model_dir() if hasattr(recipe, "model_dir") else recipe.model.path
+
+
 def model_id(recipe) -> str:
     """Human-readable model identity recorded in plans."""
-    return f"{recipe.model.pipeline}:{recipe.model.path or recipe.model.source}"
+    return f"{recipe.model.pipeline}:{_model_path(recipe) or recipe.model.source}"
 
 
 @dataclass

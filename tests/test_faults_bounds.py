@@ -23,6 +23,16 @@ from conftest import cli
 from test_faults import GEN, N, PROMPTS, FAST, calls, final_runs, interrupted, one_line, records, tmp_runs  # noqa: F401
 
 
+def toy_plan(cached: dict[str, list[int]], T: int = 8, **kw):
+    """A hand-built valid plan of the tiny FLUX backbone with these cached steps."""
+    from ertacli.plan import Plan
+
+    return Plan(recipe="toy", recipe_key="0123456789abcdef", model_id="FluxPipeline:tiny", steps=T,
+                scheduler={"class": "FlowMatchEulerDiscreteScheduler", "config": {}}, residual="hidden",
+                base_sigmas=[1.0 - i / T for i in range(T + 1)], branches=list(cached), cached_steps=cached,
+                sample_shape={}, calibration={}, **kw)
+
+
 def _outside(tmp_path: Path) -> Path:
     victim = tmp_path / "outside" / "victim.png"
     victim.parent.mkdir(parents=True)
@@ -44,7 +54,7 @@ def test_writes_and_deletes_stay_inside_the_run(results, monkeypatch, capsys, ca
     before = len(calls)
     code, _, err = cli(monkeypatch, capsys, "generate", "--resume", str(tmp), "-q")
     assert code == 0, err
-    assert len(calls) - before == N - 1  # sample 000 redone, 001 kept
+    assert len(calls) - before == 1  # sample 000 redone (001 kept; 002 finished by the refused resume)
     (final,) = final_runs(results)
     assert "victim" not in (final / "samples.csv").read_text() and victim.read_bytes() == b"precious"
 
@@ -65,8 +75,6 @@ def test_writes_and_deletes_stay_inside_the_run(results, monkeypatch, capsys, ca
     assert (elsewhere / ".tmp-profile-20250101T000000Z-cccccc").is_dir()
 
     # export writes into the working folder by default, never into the (finished) run holding the plan
-    from test_export import toy_plan
-
     plan_dir = toy_plan({"cond": [2, 3, 5]}).save(final / "plan")
     work = tmp_path / "work"
     work.mkdir()
@@ -127,6 +135,7 @@ def test_run_folders_are_inert(results, monkeypatch, capsys, calls, tmp_path):
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     code, _, err = cli(monkeypatch, capsys, "reproduce", str(run))
     assert code == 2 and "--trust-adapter" in one_line(err) and str(evil) in err
+    calls.clear()
     tmp = interrupted(results, monkeypatch, capsys, calls)
     (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     code, _, err = cli(monkeypatch, capsys, "generate", "--resume", str(tmp), "-q")
@@ -240,7 +249,6 @@ def test_rectify_tensors_from_another_plan_are_refused(tmp_path):
 
     from ertacli.errors import UserError
     from ertacli.plan import load_plan
-    from test_export import toy_plan
 
     cached = {"cond": [1, 2, 3, 4, 5, 6]}
     rect = {"enabled": True, "form": "linear", "granularity": "channel", "scalar": {}}
