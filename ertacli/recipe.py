@@ -140,7 +140,7 @@ class FitCfg(_Strict):
 class Recipe(_Strict):
     """A fully resolved recipe (defaults < includes < recipe < --set)."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")  # one folder name under results/
     include: Optional[str] = None
     description: str = ""
     model: ModelCfg
@@ -361,7 +361,7 @@ def load_raw(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
     if not isinstance(include, str) or not include.strip():
         raise UserError(f"{path}: 'include' must be a file path string, got {include!r}")
     inc = path.parent / Path(include).expanduser()
-    if not inc.is_file():
+    if not inc.exists():
         raise UserError(f"{path}: included file not found: {inc} (include paths are relative to the recipe's folder)")
     base = _rebase_prompts(load_raw(inc, (*_stack, real)), inc.resolve().parent, real.parent)
     return _deep_merge(base, data)

@@ -201,6 +201,9 @@ def bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
     inc_stdin.write_text("name: inc-stdin\ninclude: /dev/stdin\nmodel:\n  pipeline: FluxPipeline\n")
     deep_json = tmp_path / "deep.json"
     deep_json.write_text("[" * 10_000 + "]" * 10_000)
+    nul = tmp_path / "nul.yaml"
+    nul.write_text('name: "tiny\\0flux"\ninclude: ' + str(Path(__file__).resolve().parents[1] / "recipes" /
+                                                       "tiny-flux-random.yaml") + "\n")
     gen = ["generate", "-m", "tiny-flux-random", "-q"]
     return {
         "prompt-file-10MB": [*gen, "--prompts", str(big)],
@@ -211,6 +214,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
         "include-dev-stdin": ["validate", str(inc_stdin)],
         "include-huge-file": ["validate", str(inc_huge)],
         "recipe-name-nul": ["validate", "tiny-flux\x00-random"],
+        "recipe-name-field-nul": ["generate", "-m", str(nul), "-q"],
         "size-at-maximum": [*gen, "--set", "sampling.height=16384", "--set", "sampling.width=16384"],
         "bench-samples-100000": ["bench", "-m", "tiny-flux-random", "--samples", "100000", "-q"],
     }

@@ -50,6 +50,8 @@ def _strip(obj):
 
 def _same(a: Path, b: Path) -> bool:
     """Exact comparison by kind: tensors bitwise, images pixel by pixel, CSV/JSON without excluded fields."""
+    if a.is_symlink() or b.is_symlink():
+        raise ValueError("a symbolic link, not a file the run wrote")
     if a.suffix == ".safetensors":
         import torch
         from safetensors.torch import load_file
@@ -74,8 +76,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _files(run: Path) -> set[str]:
-    return {str(f.relative_to(run)) for f in run.rglob("*")
-            if f.is_file() and f.name not in SKIP_FILES and f.suffix != ".md"}
+    return {str(f.relative_to(run)) for f in run.rglob("*")  # a link is listed, never read through
+            if (f.is_symlink() or f.is_file()) and f.name not in SKIP_FILES and f.suffix != ".md"}
 
 
 def compare_runs(old: Path, new: Path) -> list[dict]:

@@ -74,7 +74,12 @@ def resume_dir(path: str | Path) -> tuple[Path, dict]:
         raise UserError(f"{p} is not an interrupted generate run (look for results/<recipe>/.tmp-generate-*, "
                         f"or run `ertacache runs`)")
     info = read_json(p / INPUTS)
-    if info["method"]["kind"] == "peer":
+    samples = info.get("samples") if isinstance(info, dict) else None
+    if not isinstance(info.get("method") if isinstance(info, dict) else None, dict) or not isinstance(samples, dict) \
+            or not isinstance(samples.get("prompts"), list) or not isinstance(samples.get("seeds"), list):
+        raise UserError(f"{p / INPUTS}: not the inputs of a generate run (method, samples.prompts/seeds); re-run it "
+                        f"from the start")
+    if info["method"].get("kind") == "peer":
         raise UserError(f"{p} was made with a peer cache; re-run `ertacache eval --compare` instead of resuming")
     return p, info
 
