@@ -51,7 +51,8 @@ def read_text_bounded(path: Path, limit: int, what: str) -> str:
             raise UserError(f"{what} {path}: above the {limit}-byte limit; give a smaller file")
         return data.decode("utf-8")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{what} {path}: cannot read it ({type(exc).__name__}: {exc}); give a UTF-8 text file") from None
+        raise UserError(f"{what} {path}: cannot read it ({type(exc).__name__}: {exc}); give a UTF-8 text "
+                        f"file") from None
 
 
 def depth(obj: Any, limit: int = MAX_DEPTH) -> int:
@@ -98,7 +99,8 @@ def check_fits(sampler, device: str) -> None:
     est = estimate_peak(sampler.pipe, sampler.backbone, kwargs, 1, 1, per)
     need = est["activations"] + est["state"]
     if free is not None and need > free:
-        size = f"{kwargs['height']}x{kwargs['width']}" + (f"x{kwargs['num_frames']}" if kwargs.get("num_frames") else "")
+        frames = f"x{kwargs['num_frames']}" if kwargs.get("num_frames") else ""
+        size = f"{kwargs['height']}x{kwargs['width']}{frames}"
         raise UserError(f"sampling size {size}: one sample needs about {need / 2**30:.1f} GiB of activations "
                         f"({est['tokens']} tokens), more than the {free / 2**30:.1f} GiB free on {device}; lower "
                         f"sampling.height/width/frames")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +39,7 @@ def _outside(tmp_path: Path) -> Path:
     return victim
 
 
-def test_writes_and_deletes_stay_inside_the_run(results, monkeypatch, capsys, calls, tmp_path):
+def test_writes_and_deletes_stay_inside_the_run(results, monkeypatch, capsys, calls, tmp_path):  # noqa: F811
     victim = _outside(tmp_path)
     tmp = interrupted(results, monkeypatch, capsys, calls, at=3)  # samples 000 and 001 finished
     (tmp / "grid.png").symlink_to(victim)
@@ -108,10 +107,11 @@ def test_guard_refuses_names_and_links_out_of_the_run(tmp_path):
     assert list(outside.iterdir()) == []
 
 
-ADAPTER = "import pathlib\npathlib.Path({sentinel!r}).write_text('imported')\ndef build(*a, **k):\n    raise SystemExit\n"
+ADAPTER = ("import pathlib\npathlib.Path({sentinel!r}).write_text('imported')\n"
+           "def build(*a, **k):\n    raise SystemExit\n")
 
 
-def test_run_folders_are_inert(results, monkeypatch, capsys, calls, tmp_path):
+def test_run_folders_are_inert(results, monkeypatch, capsys, calls, tmp_path):  # noqa: F811
     sentinel = tmp_path / "ADAPTER-RAN"
     evil = tmp_path / "evil.py"
     evil.write_text(ADAPTER.format(sentinel=str(sentinel)))
@@ -170,7 +170,7 @@ def test_a_stale_lock_is_taken_by_exactly_one_process(tmp_path):
     assert sorted(outs) == ["busy", "busy", "busy", "took"], outs
 
 
-def test_a_record_whose_file_does_not_load_is_redone(results, monkeypatch, capsys, calls):
+def test_a_record_whose_file_does_not_load_is_redone(results, monkeypatch, capsys, calls):  # noqa: F811
     tmp = interrupted(results, monkeypatch, capsys, calls, at=3)
     (tmp / "latents" / "000.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     (tmp / "samples" / "001.png").write_bytes(b"\x89PNG truncated")

@@ -146,7 +146,7 @@ def _other_host(info: dict) -> Optional[int]:
 def _open_lock(lock: Path, flags: int) -> int:
     try:
         return os.open(lock, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as exc:
+    except OSError:
         if lock.is_symlink():
             raise UserError(f"{lock} is a symbolic link; remove it (a run's lock is a plain file)") from None
         raise

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..calibration.samples import Samples
 from ..plan import model_id, recipe_key
-from ..recipe import Recipe, check_prompts, read_prompt_file, resolve_recipe
+from ..recipe import Recipe, read_prompt_file, resolve_recipe
 from .artifacts import write_resources
 from .rundir import RunDir, env_info
 
@@ -99,6 +99,8 @@ class Job:
     def eval_samples(self, prompts: list[str] | None = None, prompts_file: str | None = None,
                      seeds: list[int] | None = None) -> Samples:
         """--prompt, then --prompts FILE, then the recipe's eval prompts; --seed or the recipe's eval seeds."""
+        from ..limits import check_prompts
+
         if prompts:
             chosen = check_prompts(list(prompts))
         elif prompts_file:

@@ -170,8 +170,9 @@ class RunDir:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
             note = f"kept {kept} finished sample(s) in {self.tmp_path}; resume with: {self.resume_command()}"
             try:
-                guard.target(self.tmp_path / INCOMPLETE).write_text(f"reason: {reason}\nkept: {kept} finished sample(s)\n"
-                                                        f"resume: {self.resume_command()}\n", encoding="utf-8")
+                note_file = guard.target(self.tmp_path / INCOMPLETE)
+                note_file.write_text(f"reason: {reason}\nkept: {kept} finished sample(s)\n"
+                                     f"resume: {self.resume_command()}\n", encoding="utf-8")
             except (OSError, UserError):
                 pass  # a full disk: the records still say what is done, `ertacache runs` names the command
             release_lock(self.tmp_path)
