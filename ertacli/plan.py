@@ -30,6 +30,8 @@ def recipe_key(recipe, identity: dict | None = None) -> str:
     if identity and identity.get("weights"):
         model.pop("path", None)
         model["content"] = {"config": identity.get("config_digest"), "weights": identity["weights"]}
+    else:
+        model["path"] = _model_path(recipe)
     data = {"model": model, "sampling": recipe.sampling.model_dump(), "residual": recipe.cache.residual}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -48,9 +50,15 @@ def prompts_digest(prompts: list[str], seeds: list[int]) -> str:
     return hashlib.sha256(json.dumps([prompts, seeds]).encode()).hexdigest()[:16]
 
 
+def _model_path(recipe):
+    """model.path as the loader reads it (a ./ or ../ path resolved from the recipe's folder), so a run's recorded
+    recipe (paths made absolute) names the same model as the recipe it was made from."""
+    return recipe.model_dir() if hasattr(recipe, "model_dir") else recipe.model.path
+
+
 def model_id(recipe) -> str:
     """Human-readable model identity recorded in plans."""
-    return f"{recipe.model.pipeline}:{recipe.model.path or recipe.model.source}"
+    return f"{recipe.model.pipeline}:{_model_path(recipe) or recipe.model.source}"
 
 
 @dataclass
@@ -187,13 +195,16 @@ def validate(plan: Plan, branches: tuple[str, ...] | None = None) -> Plan:
 
     validate_plan_data(json.loads(json.dumps(plan.to_json(), default=str)), plan.where, branches)
     if plan.tensors:
+        from .plan_check import validate_coverage
+
         validate_tensors(plan.tensors, plan.branches, plan.where)
+        validate_coverage(plan.tensors, plan.cached_steps, (plan.rectify or {}).get("granularity"), plan.where)
     return plan
 
 
 def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     """rectify.safetensors for per-channel / per-element coefficients (None for scalar or no rectification)."""
-    from .plan_check import MAX_TENSOR_BYTES, read_bounded, validate_tensors
+    from .plan_check import MAX_TENSOR_BYTES, read_bounded, validate_coverage, validate_tensors
 
     if not plan.rectify or not plan.rectify.get("enabled") or plan.rectify.get("granularity") == "scalar":
         return None
@@ -209,6 +220,7 @@ def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     except Exception as exc:  # safetensors raises its own error types for a corrupt header
         raise UserError(f"{f}: not a readable tensor file ({str(exc)[:200]}); re-run `ertacache fit`")
     validate_tensors(tensors, plan.branches, str(f))
+    validate_coverage(tensors, plan.cached_steps, plan.rectify.get("granularity"), str(f))
     return tensors
 
 

@@ -281,3 +281,23 @@ def validate_tensors(tensors: dict, branches: list[str], where: str) -> None:
                               f"re-run `ertacache fit`")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise PlanInvalid(f"{where}: rectify.safetensors {key} holds NaN or infinite values; re-run `ertacache fit`")
+
+
+def validate_coverage(tensors: dict, cached_steps: dict, granularity: str | None, where: str) -> None:
+    """rectify.safetensors against the plan: an `a` and a `b` for exactly the cached steps of each branch (a file
+    taken from another plan rectifies other steps), a and b of one shape per branch, 1-D per channel."""
+    shapes: dict[str, set] = {}
+    for b, steps in cached_steps.items():
+        want = {f"{b}.{int(k)}.{ab}" for k in steps for ab in ("a", "b")}
+        have = {key for key in tensors if key.rsplit(".", 2)[0] == b}
+        if have != want:
+            missing, extra = sorted(want - have), sorted(have - want)
+            detail = f"missing {', '.join(missing[:4])}" if missing else f"has {', '.join(extra[:4])}"
+            raise PlanInvalid(f"{where}: rectify.safetensors does not match the plan's {len(steps)} cached steps of "
+                              f"branch {b} ({detail}; taken from another plan?); re-run `ertacache fit`")
+        shapes[b] = {tuple(tensors[key].shape) for key in want}
+    for b, found in shapes.items():
+        if len(found) > 1 or (granularity == "channel" and any(len(s) != 1 for s in found)) or \
+                (granularity == "element" and any(len(s) < 1 for s in found)):
+            raise PlanInvalid(f"{where}: rectify.safetensors coefficients of branch {b} have shapes "
+                              f"{sorted(found)[:3]}, not one {granularity} shape; re-run `ertacache fit`")

@@ -59,7 +59,10 @@ class Job:
         """The loaded pipeline with this recipe's call settings."""
         from ..backbones.sampler import Sampler
 
+        from ..limits import check_fits
+
         sampler = Sampler.from_recipe(self.loaded, self.recipe)
+        check_fits(sampler, self.device)
         sampler.compile = self.compile or sampler.compile
         return sampler
 
@@ -118,8 +121,10 @@ class Job:
     def eval_samples(self, prompts: list[str] | None = None, prompts_file: str | None = None,
                      seeds: list[int] | None = None) -> Samples:
         """--prompt, then --prompts FILE, then the recipe's eval prompts; --seed or the recipe's eval seeds."""
+        from ..limits import check_prompts
+
         if prompts:
-            chosen = list(prompts)
+            chosen = check_prompts(list(prompts))
         elif prompts_file:
             chosen = read_prompt_file(prompts_file)
         else:
