@@ -57,10 +57,26 @@ def _config(cfg: dict) -> dict:
 
 
 class CallCheck:
-    """Checks the first computed call of each branch against the plan; raises PlanMismatch naming the field."""
+    """Checks the first computed call of each branch against the plan; raises PlanMismatch naming the setting.
+
+    What the call is made of (model class and config, pipeline, dtype, steps, guidance) goes through the same
+    `plan_settings.check_settings` as the CLI's `--plan` check, with the same messages; then the branch, the
+    scheduler and the latent size. Everything the plan side needs is prepared here, once.
+    """
 
     def __init__(self, plan: Plan, pipe, transformer):
+        from .backbones import get_backbone
+        from .identity import identity_of
+        from .plan_settings import guidance_use
+
         self.plan, self.pipe, self.transformer = plan, pipe, transformer
+        self.model = identity_of(transformer, weights=False)  # the API trusts your weights (LoRA, quantised)
+        self.guidance = guidance_use(pipe, self.model["config"]) if pipe is not None else None
+        try:
+            self.layout = get_backbone(plan.model_id.split(":", 1)[0]).latent_layout
+        except UserError:  # a plan of a pipeline registered under another name (backbone=): sizes as latents
+            self.layout = None
+        self.want_config = _config(plan.scheduler.get("config", {}))
 
     def __call__(self, call, output) -> None:
         try:
@@ -71,20 +87,35 @@ class CallCheck:
             reset_ertacache(self.transformer)  # the aborted call leaves no state behind
             raise
 
+    def settings(self):
+        """This call's settings as far as the pipeline shows them (sizes are checked on the latents)."""
+        from .plan_settings import RunSettings
+
+        pipe, sched = self.pipe, getattr(self.pipe, "scheduler", None)
+        steps = getattr(sched, "timesteps", None) if sched is not None else None
+        guidance = getattr(pipe, "guidance_scale", None) if pipe is not None else None
+        return RunSettings(pipeline=type(pipe).__name__ if pipe is not None else None,
+                           steps=len(steps) if steps is not None else None,
+                           guidance_scale=float(guidance) if isinstance(guidance, (int, float)) else None,
+                           guidance=self.guidance, dtype=self.model["dtype"], model=self.model)
+
     def _check(self, branch: str, shape: list[int]) -> None:
+        from .plan_settings import check_settings, size_mismatch
+
         p, what = self.plan, self.plan.where
+        if p.settings is not None:
+            check_settings(what, p.settings, p.model, self.settings())
+        elif p.model_class:
+            require_same(what, "model class", p.model_class, self.model["transformer"], REDO, PlanMismatch)
         if branch not in p.branches:
             raise PlanMismatch(f"{what} has branches {p.branches}, this call runs branch {branch!r} (guidance or "
                                f"negative prompt differ): {REDO}")
-        if p.model_class:
-            require_same(what, "model class", p.model_class, type(self.transformer).__name__, REDO, PlanMismatch)
+        want = p.sample_shape.get(branch)
+        if want is not None and list(want) != shape:  # before the sigmas, which a resolution-dependent shift moves
+            raise PlanMismatch(size_mismatch(what, p.settings, self.layout, list(want), shape))
         sched = getattr(self.pipe, "scheduler", None)
         if sched is not None:
             self._check_scheduler(sched)
-        want = p.sample_shape.get(branch)
-        if want is not None:
-            require_same(what, f"latent shape (branch {branch})", list(want), shape,
-                         "re-run `ertacache search` and `fit` at this size", PlanMismatch)
 
     def _check_scheduler(self, sched) -> None:
         p, what = self.plan, self.plan.where
@@ -93,7 +124,7 @@ class CallCheck:
         recorded = p.scheduler.get("class")
         if recorded and recorded not in names:
             require_same(what, "scheduler", recorded, type(sched).__name__, REDO, PlanMismatch)
-        want, have = _config(p.scheduler.get("config", {})), _config(sched.config)
+        want, have = self.want_config, _config(sched.config)
         diff = sorted(k for k in set(want) & set(have) if want[k] != have[k])
         if diff:
             k = diff[0]
@@ -170,15 +201,22 @@ def last_call_stats(pipe) -> dict:
             "nfe_per_branch": dict(stats["nfe"]), "cached_per_branch": dict(stats["cached"])}
 
 
-def pipeline_identity(pipe, call_kwargs: dict, residual: str, name: str | None = None) -> dict:
-    """How a plan calibrated from Python names its model: class, source path and a digest of the call settings."""
-    plain = {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+def pipeline_identity(pipe, call_kwargs: dict, residual: str, name: str | None = None,
+                      made_by: str = "ertacli.calibrate") -> dict:
+    """How a plan calibrated from Python names its model and settings: the model by content (transformer class,
+    config and a digest of its weights as they are in memory), the call settings in the user's terms."""
+    from .identity import dtype_name, identity_of, weights_folder
+    from .plan_settings import settings_of_call
+
+    folder = weights_folder(pipe.transformer)
     source = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
-    data = {"pipeline": type(pipe).__name__, "transformer": type(pipe.transformer).__name__, "call": plain,
-            "residual": residual}
-    key = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    model = identity_of(pipe.transformer, source=str(folder or source) if (folder or source) else None)
+    settings = settings_of_call(pipe, call_kwargs, dtype_name(pipe.transformer), model)
+    key = hashlib.sha256(json.dumps({"settings": settings.to_json(), "weights": model["weights"],
+                                     "residual": residual}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"recipe": name or f"python:{type(pipe).__name__}", "recipe_key": key,
-            "model_id": f"{type(pipe).__name__}:{source or 'in-memory'}"}
+            "model_id": f"{type(pipe).__name__}:{source or 'in-memory'}", "settings": settings.to_json(),
+            "model": model, "made_by": made_by}
 
 
 def prompt_kwargs_encoder(negative_prompt: str | None = None) -> Callable[[list[str]], dict]:
@@ -242,7 +280,7 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
     sampler = Sampler(pipe, bb, prompt_encoder or prompt_kwargs_encoder(), dict(call_kwargs),
                       str(getattr(pipe, "device", "cpu")), getattr(pipe.transformer, "dtype", None), micro_batch)
     samples = Samples.grid(list(prompts), [int(s) for s in seeds])
-    identity = pipeline_identity(pipe, call_kwargs, cache_cfg.residual)
+    identity = pipeline_identity(pipe, call_kwargs, cache_cfg.residual, made_by=f"ertacli.calibrate(method={method!r})")
     profile = record_profile(sampler, samples, cache_cfg.residual, quiet=quiet, holdout=holdout)
     if method == "auto":
         return calibrate_auto(sampler, samples, profile, identity, (lam, nfe, target_speedup), fit_settings,

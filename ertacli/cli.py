@@ -134,7 +134,9 @@ def generate_cmd(ctx: typer.Context, model: str = ModelOpt, plan: Optional[str] 
                  resume: Optional[str] = typer.Option(None, "--resume", help="Finish an interrupted generate run "
                                                       "directory with its recorded settings (see `ertacache runs`)."),
                  sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
-                 compile_: bool = CompileOpt) -> None:
+                 compile_: bool = CompileOpt,
+                 trust_adapter: bool = typer.Option(False, "--trust-adapter", help="With --resume: allow the run's "
+                                                    "recipe to import its model.adapter Python file.")) -> None:
     """Run the pipeline with a plan (without --plan: uncached); saves media, latents, NFE and time per sample."""
     import pandas as pd
 
@@ -143,7 +145,8 @@ def generate_cmd(ctx: typer.Context, model: str = ModelOpt, plan: Optional[str] 
 
     if resume:
         given = None if ctx.get_parameter_source("model").name == "DEFAULT" else model  # resume: the recorded one
-        opts = ResumeOptions(given, sets or [], plan, prompt or [], prompts, seed or [], device, compile_)
+        opts = ResumeOptions(given, sets or [], plan, prompt or [], prompts, seed or [], device, compile_,
+                             trust_adapter)
         job, samples, plan, resume = resume_job(resume, opts, quiet)
         path = run_generate(job, samples, plan, resume=resume)
     else:
@@ -300,12 +303,12 @@ def main() -> None:
     """Console entry point: user errors and failed file operations print one line and exit 2; Ctrl-C one line, 130."""
     import signal
 
-    from .errors import Interrupted, os_error_message
+    from .errors import Interrupted, os_error_message, out_of_memory
 
-    def interrupt(*_):
-        raise Interrupted()
+    def interrupt(signum, _frame):
+        raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGINT, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
@@ -313,10 +316,15 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt, Interrupted) as exc:
-        _fail(None, exc, 130, "interrupted")
+        signum = exc.args[0] if isinstance(exc, Interrupted) and exc.args else signal.SIGINT
+        _fail(None, exc, 128 + int(signum), "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)")
+    except MemoryError as exc:
+        _fail(out_of_memory(exc), exc, 2)
     except OSError as exc:
         _fail(os_error_message(exc), exc, 2)
     except Exception as exc:  # click's usage errors (Typer's own copy of click: recognised by their interface)
+        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in ("out of memory", "can't allocate memory")):
+            _fail(out_of_memory(exc), exc, 2)
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
             raise
         ctx = getattr(exc, "ctx", None)
@@ -324,7 +332,8 @@ def main() -> None:
         hint = f" (`{ctx.command_path} --help` lists the {what})" if ctx is not None else ""
         _fail(" ".join(str(exc.format_message()).split()) + hint, exc, exc.exit_code)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -91,11 +91,13 @@ def report_cmd(run: str = typer.Argument(..., help="A matched-NFE sweep run dire
 
 
 @app.command("reproduce")
-def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re-run and compare.")) -> None:
+def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re-run and compare."),
+                  trust_adapter: bool = typer.Option(False, "--trust-adapter", help="Allow a run whose recipe imports "
+                                                     "a model.adapter Python file to import it.")) -> None:
     """Re-run a run directory's exact command and report whether the outputs match."""
     from .commands.reproduce import run_reproduce
 
-    new, df, ok, note = run_reproduce(Path(run_dir))
+    new, df, ok, note = run_reproduce(Path(run_dir), trust_adapter)
     show(df, "reproduce: " + ("exact match" if ok else "MISMATCH"))
     say(note)
     bad = int((df["status"] != "match").sum()) if len(df) else 0
@@ -148,15 +150,16 @@ def estimate_cmd(n_prompts: Optional[int] = typer.Option(None, "--n-prompts", he
 @app.command("export")
 def export_cmd(plan: str = typer.Argument(..., help="Plan folder (or a search/fit run holding one plan)."),
                to: str = typer.Option("cache-dit", "--to", help="Target format: cache-dit (steps_computation_mask)."),
-               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: PLAN/<to>.json)."),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: ./<to>.json; "
+                                                  "never written into the plan's run unless named here)."),
                branch: Optional[str] = typer.Option(None, "--branch", help="Export this branch's cached steps "
                                                     "(default: steps every branch caches).")) -> None:
     """Write a plan's computed-step mask for another caching library (what carries over is listed in the file)."""
-    from .export import read_export, write_export
+    from .export import output_path, read_export, write_export
     from .plan import load_plan
 
     loaded = load_plan(plan)
-    path = write_export(loaded, out or loaded.folder / f"{to}.json", to=to, branch=branch, source=loaded.folder)
+    path = write_export(loaded, output_path(out, to), to=to, branch=branch, source=loaded.folder)
     data = read_export(path)
     mask = "".join(str(int(v)) for v in data["steps_computation_mask"])
     for line in data["does_not_carry_over"]:

@@ -36,6 +36,13 @@ def require_same(what: str, field: str, recorded, actual, redo: str, error: type
         raise error(f"{what} was made with {field} {recorded}, this run has {actual}: {redo}")
 
 
+def out_of_memory(exc: BaseException) -> str:
+    """One line for an allocation that failed (host MemoryError, torch's CPU allocator or CUDA out of memory)."""
+    what = " ".join(str(exc).split())[:160] or type(exc).__name__
+    return UserError(f"out of memory ({what}); lower sampling.height/width/frames, the number of prompts x seeds or "
+                     f"calibration.micro_batch, or use a device with more memory").message
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for a failed file operation: what failed, on which file, and the fix."""
     import errno

@@ -109,13 +109,26 @@ def export_plan(plan, to: str, branch: str | None = None, source: str | Path | N
     return cache_dit_mask(plan, branch=branch, source=source)
 
 
+def output_path(out: str | Path | None, to: str) -> Path:
+    """Where `ertacache export` writes: --out as given, else ./<to>.json in the working folder (never next to the
+    plan, which may sit inside a finished run that must stay as it was made); an existing default is not replaced."""
+    if out is not None:
+        return Path(out)
+    path = Path.cwd() / f"{to}.json"
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{path} already exists; pass --out FILE to write there (or elsewhere)")
+    return path
+
+
 def write_export(plan, path: str | Path, to: str = "cache-dit", branch: str | None = None,
                  source: str | Path | None = None) -> Path:
-    """Write the export of `plan` for `to` as JSON to `path`; returns the path."""
+    """Write the export of `plan` for `to` as JSON to `path` (never through a link into a run folder)."""
+    from .runs.guard import target
+
     data = export_plan(plan, to, branch=branch, source=source)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=1) + "\n")
+    target(p).write_text(json.dumps(data, indent=1) + "\n")
     return p
 
 

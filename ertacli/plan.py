@@ -18,13 +18,31 @@ FORMAT = 1
 TRANSIENT = ("tensors", "folder")  # held in memory, never written into plan.json
 
 
-def recipe_key(recipe) -> str:
-    """Digest of what a plan depends on: the model, the sampling settings and the residual space."""
+def recipe_key(recipe, identity: dict | None = None) -> str:
+    """Digest of what a run depends on: the model, the sampling settings and the residual space.
+
+    With the model's `identity` (ertacli.identity: config and weights digest) the model is known by content,
+    not by its path string: runs are reused (baselines, profiles) only for the same weights.
+    """
     from .recipe import RUNTIME_MODEL_FIELDS
 
     model = {k: v for k, v in recipe.model.model_dump().items() if k not in RUNTIME_MODEL_FIELDS}
+    if identity and identity.get("weights"):
+        model.pop("path", None)
+        model["content"] = {"config": identity.get("config_digest"), "weights": identity["weights"]}
+    else:
+        model["path"] = _model_path(recipe)
     data = {"model": model, "sampling": recipe.sampling.model_dump(), "residual": recipe.cache.residual}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+IDENTITY_FIELDS = ("recipe", "recipe_key", "model_id", "settings", "model", "made_by")
+
+
+def identity_fields(identity: dict) -> dict:
+    """The Plan fields an identity (`Job.identity()`, `api.pipeline_identity`) gives: recipe, keys, model
+    identity by content, the settings in the user's terms and what made the plan."""
+    return {k: identity.get(k) for k in IDENTITY_FIELDS}
 
 
 def prompts_digest(prompts: list[str], seeds: list[int]) -> str:
@@ -32,9 +50,15 @@ def prompts_digest(prompts: list[str], seeds: list[int]) -> str:
     return hashlib.sha256(json.dumps([prompts, seeds]).encode()).hexdigest()[:16]
 
 
+def _model_path(recipe):
+    """model.path as the loader reads it (a ./ or ../ path resolved from the recipe's folder), so a run's recorded
+    recipe (paths made absolute) names the same model as the recipe it was made from."""
+    return recipe.model_dir() if hasattr(recipe, "model_dir") else recipe.model.path
+
+
 def model_id(recipe) -> str:
     """Human-readable model identity recorded in plans."""
-    return f"{recipe.model.pipeline}:{recipe.model.path or recipe.model.source}"
+    return f"{recipe.model.pipeline}:{_model_path(recipe) or recipe.model.source}"
 
 
 @dataclass
@@ -68,6 +92,9 @@ class Plan:
     rectify: dict | None = None
     model_class: str | None = None  # the transformer's class (plans made before this field: None, not checked)
     streams: dict | None = None  # per branch [first, last] step it runs (Wan2.2 experts); None: every step
+    settings: dict | None = None  # what it was made for in the user's terms (plan_settings.RunSettings.to_json)
+    model: dict | None = None  # the model by content: transformer class, config, weights digest (identity.py)
+    made_by: str | None = None  # the command or call that made it (`ertacache search`, `ertacli.calibrate`)
     tool_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: int = FORMAT
@@ -175,13 +202,16 @@ def validate(plan: Plan, branches: tuple[str, ...] | None = None) -> Plan:
 
     validate_plan_data(json.loads(json.dumps(plan.to_json(), default=str)), plan.where, branches)
     if plan.tensors:
+        from .plan_check import validate_coverage
+
         validate_tensors(plan.tensors, plan.branches, plan.where)
+        validate_coverage(plan.tensors, plan.cached_steps, (plan.rectify or {}).get("granularity"), plan.where)
     return plan
 
 
 def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     """rectify.safetensors for per-channel / per-element coefficients (None for scalar or no rectification)."""
-    from .plan_check import MAX_TENSOR_BYTES, read_bounded, validate_tensors
+    from .plan_check import MAX_TENSOR_BYTES, read_bounded, validate_coverage, validate_tensors
 
     if not plan.rectify or not plan.rectify.get("enabled") or plan.rectify.get("granularity") == "scalar":
         return None
@@ -197,16 +227,22 @@ def _read_tensors(plan: Plan, folder: Path) -> dict | None:
     except Exception as exc:  # safetensors raises its own error types for a corrupt header
         raise UserError(f"{f}: not a readable tensor file ({str(exc)[:200]}); re-run `ertacache fit`")
     validate_tensors(tensors, plan.branches, str(f))
+    validate_coverage(tensors, plan.cached_steps, plan.rectify.get("granularity"), str(f))
     return tensors
 
 
-def check_plan(plan: Plan, recipe) -> None:
-    """Refuse a plan made for another recipe, model, step count or sampling settings."""
-    redo = f"re-run `ertacache search --model {recipe.name}` (then `fit`) for this recipe"
-    require_same(plan.where, "steps", plan.steps, recipe.sampling.steps, redo, PlanMismatch)
-    require_same(plan.where, "model", plan.model_id, model_id(recipe), redo, PlanMismatch)
-    require_same(plan.where, "model/sampling settings key (size, frames, guidance or dtype)", plan.recipe_key,
-                 recipe_key(recipe), redo, PlanMismatch)
+def check_plan(plan: Plan, run) -> None:
+    """Refuse a plan made for another model or other settings than `run` (a plan_settings.RunSettings: the
+    one check the API's per-call check runs too); a plan made before plans recorded their settings is checked
+    by its step count and settings digest."""
+    from .plan_settings import check_settings
+
+    if plan.settings is None:
+        redo = "the plan predates recorded settings (an older ertacache); re-run `ertacache search` (then `fit`)"
+        require_same(plan.where, "num_inference_steps", plan.steps, run.steps, redo, PlanMismatch)
+        require_same(plan.where, "model/sampling settings key", plan.recipe_key, run.legacy_key, redo, PlanMismatch)
+    else:
+        check_settings(plan.where, plan.settings, plan.model, run)
     for b, steps in plan.cached_steps.items():
         bad = [k for k in steps if k <= 0 or k >= plan.steps - 1]
         if bad:

@@ -169,6 +169,43 @@ def validate_plan_data(data: Any, where: str, known: tuple[str, ...] | None = No
     for name in ("fit", "placement"):
         if data.get(name) is not None:
             c.mapping(name, data[name])
+    if data.get("settings") is not None:
+        _check_settings(c, data["settings"], steps)
+    if data.get("model") is not None:
+        _check_model(c, data["model"])
+    if data.get("made_by") is not None:
+        c.text("made_by", data["made_by"])
+
+
+def _check_settings(c: _Check, settings: Any, steps: int) -> None:
+    """`settings`: what the plan was made for in the user's terms (plan_settings.RunSettings); null = unknown."""
+    from .plan_settings import GUIDANCE_USES
+
+    c.mapping("settings", settings)
+    for name in ("steps", "height", "width", "frames"):
+        if settings.get(name) is not None:
+            c.integer(f"settings.{name}", settings[name], 1, 1 << 31)
+    if settings.get("steps") is not None and settings["steps"] != steps:
+        c.fail("settings.steps", f"= {settings['steps']} differs from steps = {steps}")
+    if settings.get("guidance_scale") is not None:
+        c.number("settings.guidance_scale", settings["guidance_scale"])
+    if settings.get("guidance") is not None:
+        c.choice("settings.guidance", settings["guidance"], GUIDANCE_USES)
+    for name in ("pipeline", "dtype"):
+        if settings.get(name) is not None:
+            c.text(f"settings.{name}", settings[name])
+    c.mapping("settings.call", settings.get("call", {}))
+
+
+def _check_model(c: _Check, model: Any) -> None:
+    """`model`: the transformer's class, config and weights digest (ertacli.identity)."""
+    c.mapping("model", model)
+    c.text("model.transformer", model.get("transformer"))
+    c.mapping("model.config", model.get("config"))
+    weights = model.get("weights")
+    if weights is not None and (not isinstance(weights, str) or len(weights) != 64
+                                or any(ch not in "0123456789abcdef" for ch in weights)):
+        c.fail("model.weights", f"must be a sha256 hex digest or null, got {_short(weights)}")
 
 
 def _check_branches(c: _Check, branches: Any, known: tuple[str, ...] | None) -> list[str]:
@@ -251,3 +288,23 @@ def validate_tensors(tensors: dict, branches: list[str], where: str) -> None:
                               f"re-run `ertacache fit`")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise PlanInvalid(f"{where}: rectify.safetensors {key} holds NaN or infinite values; re-run `ertacache fit`")
+
+
+def validate_coverage(tensors: dict, cached_steps: dict, granularity: str | None, where: str) -> None:
+    """rectify.safetensors against the plan: an `a` and a `b` for exactly the cached steps of each branch (a file
+    taken from another plan rectifies other steps), a and b of one shape per branch, 1-D per channel."""
+    shapes: dict[str, set] = {}
+    for b, steps in cached_steps.items():
+        want = {f"{b}.{int(k)}.{ab}" for k in steps for ab in ("a", "b")}
+        have = {key for key in tensors if key.rsplit(".", 2)[0] == b}
+        if have != want:
+            missing, extra = sorted(want - have), sorted(have - want)
+            detail = f"missing {', '.join(missing[:4])}" if missing else f"has {', '.join(extra[:4])}"
+            raise PlanInvalid(f"{where}: rectify.safetensors does not match the plan's {len(steps)} cached steps of "
+                              f"branch {b} ({detail}; taken from another plan?); re-run `ertacache fit`")
+        shapes[b] = {tuple(tensors[key].shape) for key in want}
+    for b, found in shapes.items():
+        if len(found) > 1 or (granularity == "channel" and any(len(s) != 1 for s in found)) or \
+                (granularity == "element" and any(len(s) < 1 for s in found)):
+            raise PlanInvalid(f"{where}: rectify.safetensors coefficients of branch {b} have shapes "
+                              f"{sorted(found)[:3]}, not one {granularity} shape; re-run `ertacache fit`")

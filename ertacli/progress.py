@@ -17,7 +17,8 @@ def progress_bar(quiet: bool = False):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), disable=quiet, transient=True)
 
 

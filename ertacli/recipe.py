@@ -14,11 +14,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from ertacli.assets import available_recipes, describe_search_path, find_named
 from ertacli.errors import UserError
+from ertacli.limits import MAX_DEPTH, MAX_OVERRIDE_CHARS, MAX_RECIPE_BYTES, depth, read_text_bounded
+from ertacli.prompts import PROMPT_HINT, read_prompt_file  # noqa: F401  (recipe.read_prompt_file: the public name)
 
 PromptKind = Literal["calibration", "eval"]
 Toggle = Annotated[Literal["auto", "on", "off"],  # YAML reads a bare on/off as a boolean: take it back
                    BeforeValidator(lambda v: {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v)]
-PROMPT_HINT = "set calibration.prompts / eval.prompts or pass --prompts FILE"
 RUNTIME_MODEL_FIELDS = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_backend")
 """ModelCfg fields that change memory and speed, not what the model computes (beyond kernel round-off)."""
 
@@ -138,7 +139,7 @@ class FitCfg(_Strict):
 class Recipe(_Strict):
     """A fully resolved recipe (defaults < includes < recipe < --set)."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")  # one folder name under results/
     include: Optional[str] = None
     description: str = ""
     model: ModelCfg
@@ -181,12 +182,47 @@ class Recipe(_Strict):
         return read_prompt_file(self.prompt_file(kind))
 
     def resolved_dict(self, absolute_paths: bool = False) -> dict[str, Any]:
-        """The resolved recipe as plain JSON-able data, includes flattened."""
+        """The resolved recipe as plain JSON-able data, includes flattened; absolute_paths: every file path the
+        recipe names (prompts, a ./ or ../ model.path, an adapter file) absolute, as a run folder records it."""
         data = self.model_dump(mode="json", exclude={"include"})
         if absolute_paths:
             for kind in ("calibration", "eval"):
                 data[kind]["prompts"] = str(self.prompt_file(kind))
+            data["model"]["path"] = self.model_dir()
+            data["model"]["adapter"] = self.adapter_spec()
         return data
+
+    def model_dir(self) -> Optional[str]:
+        """model.path with a ./ or ../ path taken from the recipe's folder (as the loader reads it)."""
+        raw = self.model.path
+        if raw is None:
+            return None
+        raw = os.path.expanduser(raw)
+        if raw in (".", "..") or raw.startswith(("./", "../")):
+            beside = os.path.normpath(os.path.join(str(self.base_dir), raw))
+            if os.path.exists(beside) or not os.path.exists(raw):
+                return beside
+            return os.path.abspath(raw)
+        return raw
+
+    def adapter_spec(self) -> Optional[str]:
+        """model.adapter with a file path made absolute (from the recipe's folder, else the working folder)."""
+        spec = self.model.adapter
+        if not spec:
+            return spec
+        module, sep, func = spec.rpartition(":")
+        if not sep or not (module.endswith(".py") or "/" in module):
+            return spec
+        path = Path(module).expanduser()
+        if not path.is_absolute():
+            path = self.base_dir / path if (self.base_dir / path).is_file() else Path.cwd() / path
+        return f"{os.path.normpath(path)}:{func}"
+
+    def adapter_file(self) -> Optional[Path]:
+        """The Python file an adapter recipe imports (None for no adapter or an installed module)."""
+        spec = self.adapter_spec()
+        module = (spec or "").rpartition(":")[0]
+        return Path(module) if module.endswith(".py") or "/" in module else None
 
     def to_yaml(self, absolute_paths: bool = False) -> str:
         """The resolved recipe as YAML, includes flattened (prompt paths absolute if asked)."""
@@ -201,45 +237,12 @@ class Recipe(_Strict):
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-def _json_prompts(path: Path, text: str) -> list[str]:
-    """Prompts of a JSON list of strings or of objects with a "prompt_en" or "prompt" field (VBench style)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"prompt file {path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(data, list):
-        raise UserError(f"prompt file {path}: expected a JSON list of prompts, got {type(data).__name__}")
-    out = []
-    for i, item in enumerate(data):
-        if isinstance(item, dict):
-            item = item.get("prompt_en", item.get("prompt"))
-        if not isinstance(item, str):
-            raise UserError(f"prompt file {path}: entry {i} is not a string or an object with 'prompt_en'/'prompt'")
-        out.append(item.strip())
-    return [p for p in out if p]
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """Prompts of a file: a .json list (strings or {"prompt_en"|"prompt": ...}), else one per line, '#' comments."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"prompt file not found: {path} ({PROMPT_HINT})")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"prompt file {path}: cannot read it ({exc}); {PROMPT_HINT}") from exc
-    if path.suffix.lower() == ".json":
-        prompts = _json_prompts(path, text)
-    else:
-        prompts = [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
-    if not prompts:
-        raise UserError(f"prompt file {path} has no prompts (one prompt per line, '#' starts a comment)")
-    return prompts
-
-
 def find_recipe(name_or_path: str | Path) -> Path:
     """Path of a recipe: an existing file path, else NAME.yaml on the search path (ertacli.assets.search_path)."""
     raw = str(name_or_path)
+    if not raw or len(raw) > 4096 or any(ord(c) < 32 for c in raw):
+        raise UserError(f"recipe {raw[:60]!r}: a recipe name or path holds no control characters (NUL, newline) "
+                        f"and is at most 4096 characters; see 'ertacache recipes'")
     path = Path(raw).expanduser()
     if path.is_file():
         return path
@@ -275,12 +278,11 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     """Parse one YAML recipe file into a mapping, errors as one-line UserError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read recipe ({exc})") from exc
+    text = read_text_bounded(path, MAX_RECIPE_BYTES, "recipe")
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested deeper than {MAX_DEPTH} levels; fix the recipe file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -290,6 +292,8 @@ def _read_yaml(path: Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of keys, got {type(data).__name__}")
+    if depth(data) > MAX_DEPTH:
+        raise UserError(f"{path}: YAML nested deeper than {MAX_DEPTH} levels; fix the recipe file")
     return data
 
 
@@ -324,7 +328,7 @@ def load_raw(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
     if not isinstance(include, str) or not include.strip():
         raise UserError(f"{path}: 'include' must be a file path string, got {include!r}")
     inc = path.parent / Path(include).expanduser()
-    if not inc.is_file():
+    if not inc.exists():
         raise UserError(f"{path}: included file not found: {inc} (include paths are relative to the recipe's folder)")
     base = _rebase_prompts(load_raw(inc, (*_stack, real)), inc.resolve().parent, real.parent)
     return _deep_merge(base, data)
@@ -335,15 +339,25 @@ def _parse_value(text: str) -> Any:
     if text.strip() == "":
         return ""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        deep = True
+    else:
+        deep = depth(value) > MAX_DEPTH
+    if deep:
+        raise UserError(f"--set value {text[:40]!r}...: nested deeper than {MAX_DEPTH} levels; give a plain value")
+    return value
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...] | None) -> dict:
     """Nested mapping from `key.path=value` override strings."""
     out: dict[str, Any] = {}
     for item in overrides or ():
+        if len(item) > MAX_OVERRIDE_CHARS or "\x00" in item:
+            raise UserError(f"--set {item[:40]!r}...: longer than {MAX_OVERRIDE_CHARS} characters or holds a NUL "
+                            f"byte; give KEY.PATH=VALUE")
         key, sep, value = item.partition("=")
         parts = [p.strip() for p in key.split(".")]
         if not sep or not all(parts):

@@ -134,7 +134,8 @@ def call_kwargs(loaded, steps=8, size=32):
                 **loaded.encoder.pipeline_kwargs(["a red circle"], ""))
 
 
-@pytest.mark.parametrize("change, field", [({"steps": 6}, "num_inference_steps"), ({"size": 16}, "latent shape")],
+@pytest.mark.parametrize("change, field", [({"steps": 6}, "steps 8, this run has 6"),
+                                           ({"size": 16}, "height/width 32x32")],
                          ids=["steps", "shape"])
 def test_plan_mismatch_names_the_field(random_plan, change, field):
     plan, loaded = random_plan

@@ -134,7 +134,8 @@ def test_plan_refused_for_other_steps_and_recipe(results, monkeypatch, capsys):
                        *FAST, "--set", "sampling.steps=6")
     assert code == 2 and "made with steps 8, this run has 6" in err and "re-run" in err
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-wan-random", "--plan", str(plan), *FAST)
-    assert code == 2 and "re-run `ertacache search --model tiny-wan-random`" in err
+    assert code == 2 and "model class FluxTransformer2DModel, this run has WanTransformer3DModel" in err
+    assert "re-run calibration" in err
     code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan), *FAST,
                        "--set", "sampling.height=24")
     assert code == 2 and "re-run" in err

@@ -185,7 +185,9 @@ def test_sigkill_leaves_a_listed_resumable_run(results, monkeypatch, capsys, cal
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     (tmp,) = tmp_runs(results)
     assert len(records(tmp)) == k - 1 and (tmp / "LOCK").is_file()  # a dead owner's lock
-    (results / "tiny-flux-random" / ".tmp-profile-20250101T000000Z-aaaaaa").mkdir()  # a killed profile: nothing kept
+    killed = results / "tiny-flux-random" / ".tmp-profile-20250101T000000Z-aaaaaa"  # a killed profile: nothing kept
+    killed.mkdir()
+    (killed / ".ertacache-run").write_text('{"tool": "ertacache"}')
     code, out, _ = cli(monkeypatch, capsys, "runs", "--clean")
     assert code == 0 and "interrupted" in out and "1 empty ones removed" in out
     from ertacli.commands.runs import incomplete_runs
@@ -231,12 +233,14 @@ def test_resume_refuses_every_contradicting_option(results, monkeypatch, capsys,
 
 
 def test_a_second_concurrent_resume_fails_at_once_with_the_owners_pid(results, monkeypatch, capsys, calls):
-    import platform
 
     tmp = interrupted(results, monkeypatch, capsys, calls)
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = ("import fcntl, json, os, platform, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, json.dumps({'pid': os.getpid(), 'host': platform.node()})"
+              ".encode()); print('held', flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", holder, str(tmp / "LOCK")], stdout=subprocess.PIPE, text=True)
     try:
-        (tmp / "LOCK").write_text(json.dumps({"pid": owner.pid, "host": platform.node()}))
+        assert owner.stdout.readline().strip() == "held"
         code, _, err = cli(monkeypatch, capsys, "generate", "--resume", str(tmp), "-q")
         assert code == 2 and f"in use by process {owner.pid}" in one_line(err)
         assert tmp.is_dir() and records(tmp) == ["000.json"] and not final_runs(results)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -63,3 +65,64 @@ def test_estimate_arithmetic():
     assert rows[0]["videos_per_gpu"] == 30 and rows[1]["videos_per_gpu"] == 8
     assert rows[0]["total_hours"] == (30 * 54 + 2 * 5 * 36) / 3600
     assert rows[1]["total_hours"] == (8 * 54 + 2 * 2 * 36) / 3600
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+# the issue's command on the trained recipe, as small as it stays meaningful: every digit prompt, 2 steps
+TINY = ["generate", "--model", "tiny-flux", "--prompts", "prompts/tiny-digits.txt", "--set", "sampling.steps=2",
+        "--set", "eval.warmup=0", "-q"]
+
+
+def _printed_resume(err: str) -> list[str]:
+    """The resume command the interrupted run printed, as arguments of `ertacache`."""
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in line, err
+    command = line.split("resume with: ", 1)[1]
+    args = shlex.split(command)
+    assert args[:3] == ["ertacache", "generate", "--resume"]
+    return args[1:]
+
+
+def test_trained_recipe_resumes_after_sigint_and_sigterm_and_reproduces_anywhere(results, monkeypatch, capsys,
+                                                                                 tmp_path):
+    from ertacli.commands.reproduce import compare_runs
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(CHECKOUT)
+    code, _, err = cli(monkeypatch, capsys, *TINY)
+    assert code == 0, err
+    (reference,) = runs(results, "tiny-flux", "generate")
+    assert "/" in json.loads((reference / "argv.json").read_text())["cwd"]
+
+    real = Sampler.run
+    for sig, at, code_expected in ((signal.SIGINT, 4, 130), (signal.SIGTERM, 8, 143)):
+        calls: list = []
+
+        def stopping(self, prompts, seeds, on_step=None, _sig=sig, _at=at, _calls=calls):
+            _calls.append(1)
+            if len(_calls) == _at:
+                os.kill(os.getpid(), _sig)  # a real signal while computing sample `at`
+            return real(self, prompts, seeds, on_step=on_step)
+
+        monkeypatch.setattr(Sampler, "run", stopping)
+        monkeypatch.chdir(CHECKOUT)
+        code, _, err = cli(monkeypatch, capsys, *TINY)
+        assert code == code_expected, err
+        args = _printed_resume(err)
+        partial = Path(args[-1])
+        assert not (partial / "LOCK").exists() and (partial / "INCOMPLETE").is_file()
+        assert len(list((partial / "records").glob("*.json"))) == at - 1
+        monkeypatch.setattr(Sampler, "run", real)
+        monkeypatch.chdir(elsewhere)  # the printed command works from any working folder
+        code, _, err = cli(monkeypatch, capsys, *args)
+        assert code == 0, err
+        (final,) = [p for p in runs(results, "tiny-flux", "generate") if p.name == partial.name[len(".tmp-"):]]
+        diff = [r for r in compare_runs(reference, final) if r["status"] != "match"]
+        assert not diff, diff
+
+    for where in (CHECKOUT, elsewhere):
+        monkeypatch.chdir(where)
+        code, out, err = cli(monkeypatch, capsys, "reproduce", str(final))
+        assert code == 0 and "exact match" in out, out + err
+    assert list(elsewhere.iterdir()) == []

@@ -28,7 +28,7 @@ def test_success_renames_to_final(tmp_path):
     assert final.parent == tmp_path / "tiny-flux"
     assert final.name.startswith("profile-") and not final.name.startswith(".tmp")
     assert entries(tmp_path / "tiny-flux") == [final.name]
-    assert entries(final) == ["a.json", "b.txt", "command.txt", "tensors"]
+    assert entries(final) == [".ertacache-run", "a.json", "b.txt", "command.txt", "tensors"]  # the marker stays
     assert (final / "command.txt").read_text() == "ertacache profile 'tiny flux'\n"
     assert json.loads((final / "a.json").read_text()) == {"x": 1.5, "nan": None}
     assert latest_run("tiny-flux", "profile", results_dir=tmp_path) == final

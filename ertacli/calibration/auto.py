@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..plan import Plan
+from ..plan import Plan, identity_fields
 from ..progress import task
 from .auto_report import PREDICTORS, label, margin_db, save_auto, settings_of, summary  # noqa: F401 (public here)
 from .fit import FitSettings, candidates, resolve_modes, score_candidates
@@ -85,7 +85,7 @@ def schedule_plan(profile: dict, identity: dict, fit_set: Samples, space: str, p
     from ..engine.predict import Predictor, predictor_spec
 
     spec = Predictor.from_plan(predictor_spec(cache_settings(space, pred)), profile["base_sigmas"]).to_json()
-    return Plan(recipe=identity["recipe"], recipe_key=identity["recipe_key"], model_id=identity["model_id"],
+    return Plan(**identity_fields(identity),
                 steps=profile["steps"], scheduler=profile["scheduler"], residual=space,
                 base_sigmas=profile["base_sigmas"], branches=list(profile["branches"]),
                 cached_steps={b: sorted(cached[b]) for b in profile["branches"]},

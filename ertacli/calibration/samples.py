@@ -39,6 +39,13 @@ class Samples:
             raise UserError(f"--samples {n}: evaluate at least 1 sample")
         return self if n is None else self.subset(list(range(min(len(self), n))))
 
+    def take(self, n: int | None, option: str = "--samples") -> "Samples":
+        """The first n samples for a user's option: more than there are is one line, never silently fewer."""
+        if n is not None and n > len(self):
+            raise UserError(f"{option} {n}: there are only {len(self)} eval samples (prompts x seeds); give at most "
+                            f"{len(self)}, or more prompts/seeds")
+        return self.first(n)
+
     def digest(self) -> str:
         return prompts_digest(self.prompts, self.seeds)
 

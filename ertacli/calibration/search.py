@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..plan import Plan
+from ..plan import Plan, identity_fields
 from .passes import calibration_pass
 from .samples import Samples
 
@@ -51,7 +51,7 @@ def search_plan(sampler, samples: Samples, profile: dict, lam: float, cache_cfg,
     calibration_pass(sampler, ctl, fit_set.mine()[1], f"search lambda={lam:g}", quiet)
     branches = list(profile["branches"])
     return Plan(
-        recipe=identity["recipe"], recipe_key=identity["recipe_key"], model_id=identity["model_id"], steps=T,
+        **identity_fields(identity), steps=T,
         scheduler=profile["scheduler"], residual=cache_cfg.residual, base_sigmas=profile["base_sigmas"],
         branches=branches, cached_steps={b: sorted(ctl.cached_steps.get(b, [])) for b in branches},
         sample_shape=profile["sample_shape"], lam=lam, predictor=pred.to_json(),

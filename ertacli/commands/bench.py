@@ -106,9 +106,9 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
     from .profile import run_profile
     from .search import run_search
 
+    samples = job.eval_samples().take(n_samples or None)  # before any work: more than there are is refused
     profile_dir = run_profile(job.as_command("profile"))
     search_dir, summary = run_search(job, lambdas, str(profile_dir))
-    samples = job.eval_samples().first(n_samples or None)
     base_dir = run_generate(job, samples, None)
     rows = []
     for rel in summary["plan"]:

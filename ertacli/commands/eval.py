@@ -17,12 +17,14 @@ from .generate import GENERATE_FILE, load_outputs, run_generate, runner_for
 
 
 def baseline_for(job: Job, samples: Samples) -> Path:
-    """The newest uncached generate run of these samples on this device and dtype, made now if missing."""
-    digest = samples.digest()
+    """The newest uncached generate run of these samples on this device and dtype with this model (by content:
+    its weights digest, not its path), made now if missing."""
+    digest, weights = samples.digest(), job.model_identity.get("weights")
 
     def match(d: dict) -> bool:
         return (d.get("kind") == "baseline" and d.get("recipe_key") == job.key and d.get("device") == job.device
-                and d.get("dtype") == job.recipe.model.dtype and d.get("samples", {}).get("digest") == digest)
+                and d.get("dtype") == job.recipe.model.dtype and d.get("samples", {}).get("digest") == digest
+                and isinstance(d.get("model"), dict) and d["model"].get("weights") == weights)
 
     from ..dist import WORLD, broadcast
 
@@ -38,8 +40,13 @@ def read_generate(path: Path, job: Job) -> tuple[dict, list[dict]]:
     if not (path / GENERATE_FILE).is_file():
         raise UserError(f"{path} is not a generate run directory (no {GENERATE_FILE}); pass one with --run")
     info = read_json(path / GENERATE_FILE)
-    require_same(f"generate run {path}", "model/sampling settings key", info.get("recipe_key"), job.key,
-                 f"evaluate it with the recipe it was made with, or re-run `ertacache generate --model {job.recipe.name}`")
+    if isinstance(info.get("settings"), dict):
+        from ..plan_settings import check_settings
+
+        check_settings(f"generate run {path}", info["settings"], info.get("model"), job.run_settings())
+    else:
+        require_same(f"generate run {path}", "model/sampling settings key", info.get("recipe_key"), job.key,
+                     f"it predates recorded settings; re-run `ertacache generate --model {job.recipe.name}`")
     return info, pd.read_csv(path / "samples.csv").to_dict("records")
 
 
@@ -91,11 +98,12 @@ def phi_counts(plan: Plan) -> str | None:
 
 
 def plan_row(job: Job, samples: Samples, base_dir: Path, plan_dir, method: str) -> dict:
-    """`result_row` of a saved plan."""
+    """`result_row` of a saved plan (checked against this job's model and settings)."""
+    from ..plan import check_plan, load_plan
     from ..runs.plan_runner import PlanRunner
-    from ..plan import load_plan
 
     plan = load_plan(plan_dir)
+    check_plan(plan, job.run_settings())
     return result_row(job, samples, base_dir, PlanRunner(job.sampler, plan), method, plan)
 
 
@@ -172,6 +180,10 @@ def run_eval(job: Job, samples: Samples, plan_path: str | None = None, run_path:
     if run_path is not None:
         info, _ = read_generate(Path(run_path), job)
         samples = Samples(info["samples"]["prompts"], info["samples"]["seeds"])
+    else:
+        from ..plan import check_plan, load_plan
+
+        check_plan(load_plan(plan_path), job.run_settings())  # before the baseline is generated
     base_dir = baseline_for(job, samples)
     cached_dir = Path(run_path) if run_path else run_generate(job, samples, plan_path)
     per, summary = score_runs(job, cached_dir, base_dir, names)

@@ -18,7 +18,7 @@ def run_fit(job: Job, plan_path: str, adjust: str | None = None, rectify: str | 
     from ..calibration.fit import FitSettings, fit_plan
 
     plan = load_plan(plan_path)
-    check_plan(plan, job.recipe)
+    check_plan(plan, job.run_settings())
     profile, pdir = load_profile(plan.calibration["profile_run"], job)
     samples = job.calibration()
     require_same(plan.where, "calibration set digest", plan.calibration["digest"], samples.digest(),
@@ -28,6 +28,7 @@ def run_fit(job: Job, plan_path: str, adjust: str | None = None, rectify: str | 
     ref = load_tensors(Path(pdir) / "baseline_latents.safetensors")["latents"]
     final, latents = fit_plan(job.sampler, plan, profile, samples, ref, settings, job.recipe.calibration.holdout,
                               job.quiet)
+    final.made_by = "ertacache fit"
     with job.rundir("fit") as run:
         job.start(run, "fit", samples.seeds)
         final.save(run.subdir("plan"))

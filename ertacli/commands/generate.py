@@ -40,26 +40,56 @@ def _write_record(run_path: Path, row: dict, latents) -> None:
     """One finished sample: its latents, then its record, each written under a temporary name and renamed."""
     from safetensors.torch import save_file
 
-    lat = run_path / f"latents/{row['index']:03d}.safetensors"
-    lat.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": latents.contiguous()}, str(lat) + ".part")
-    os.replace(str(lat) + ".part", lat)
-    rec = run_path / f"records/{row['index']:03d}.json"
-    rec.parent.mkdir(parents=True, exist_ok=True)
-    rec.with_suffix(".part").write_text(json.dumps(row))
+    from ..runs.guard import target
+
+    lat = target(run_path / f"latents/{row['index']:03d}.safetensors")
+    save_file({"latents": latents.contiguous()}, str(target(str(lat) + ".part")))
+    os.replace(str(lat) + ".part", lat)  # replaces a link at `lat` itself, never what it points to
+    rec = target(run_path / f"records/{row['index']:03d}.json")
+    target(rec.with_suffix(".part")).write_text(json.dumps(row))
     os.replace(rec.with_suffix(".part"), rec)
 
 
-def read_record(run_path: Path, i: int) -> dict | None:
-    """Sample i's record when it and every file it names are intact, else None (redone on resume)."""
+MAX_RECORD_BYTES = 1 << 20
+
+
+def _loads(path: Path) -> bool:
+    """A sample file that is a regular file (not a link) and loads: a PNG decodes, a tensor file parses."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
+        return False
     try:
-        row = json.loads((run_path / f"records/{i:03d}.json").read_text())
-    except (OSError, ValueError):
+        if path.suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            load_file(str(path))
+        return True
+    except Exception:  # noqa: BLE001 - any unreadable or corrupt file means: redo the sample
+        return False
+
+
+def read_record(run_path: Path, i: int) -> dict | None:
+    """Sample i's record when it, the files it names (its own samples/NNN.png|.mp4, nothing else) and its latents
+    are intact and load, else None (redone on resume)."""
+    rec = run_path / f"records/{i:03d}.json"
+    try:
+        if rec.is_symlink() or rec.stat().st_size > MAX_RECORD_BYTES:
+            return None
+        row = json.loads(rec.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
-    files = [run_path / str(row.get("file")), run_path / f"latents/{i:03d}.safetensors"]
-    if str(row.get("file", "")).endswith(".mp4"):
-        files.append(run_path / f"samples/{i:03d}.frames.safetensors")
-    return row if isinstance(row, dict) and all(f.is_file() and f.stat().st_size > 0 for f in files) else None
+    if not isinstance(row, dict) or row.get("index") != i or row.get("file") not in (f"samples/{i:03d}.png",
+                                                                                     f"samples/{i:03d}.mp4"):
+        return None
+    files = [run_path / f"latents/{i:03d}.safetensors"]
+    files.append(run_path / (f"samples/{i:03d}.frames.safetensors" if row["file"].endswith(".mp4") else row["file"]))
+    if row["file"].endswith(".mp4") and not (run_path / row["file"]).is_file():
+        return None
+    return row if all(_loads(f) for f in files) else None
 
 
 def done_indices(run_path: Path, n: int, digest: str | None = None) -> set[int]:
@@ -69,7 +99,7 @@ def done_indices(run_path: Path, n: int, digest: str | None = None) -> set[int]:
 
 
 def runner_for(job: Job, plan_path: str | None):
-    """The runner for a plan (checked against the recipe) or, with no plan, the uncached baseline."""
+    """The runner for a plan (checked against this run's model and settings) or, with no plan, the baseline."""
     from ..evaluation.runners import baseline_runner
     from ..runs.plan_runner import PlanRunner
     from ..plan import check_plan, load_plan
@@ -77,7 +107,7 @@ def runner_for(job: Job, plan_path: str | None):
     if plan_path is None:
         return baseline_runner(job.sampler, job.recipe.cache.residual)
     plan = load_plan(plan_path)
-    check_plan(plan, job.recipe)
+    check_plan(plan, job.run_settings())
     return PlanRunner(job.sampler, plan)
 
 
@@ -177,6 +207,7 @@ def run_generate(job: Job, samples: Samples, plan_path: str | None = None, runne
             _merge(run, samples, video, digest)
             run.write_json(GENERATE_FILE, {
                 "recipe_key": job.key, **runner.info, "samples": samples.to_json(), "device": job.device,
+                "settings": job.run_settings().to_json(), "model": job.model_identity,
                 "dtype": job.recipe.model.dtype, "media": "video" if video else "image",
                 "resumed": bool(done), "settings_digest": digest,
             })
@@ -189,9 +220,11 @@ def load_outputs(run_dir: Path, rows: list[dict]) -> list:
     import torch
     from PIL import Image
 
+    from ..runs.guard import inside
+
     out = []
     for row in rows:
-        f = run_dir / row["file"]
+        f = inside(run_dir, row["file"], "sample file")
         if f.suffix == ".png":
             arr = torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy())
         else:

@@ -6,11 +6,16 @@ declared as measurements (`MEASURED`: timings, memory, measured speedups), prove
 creation times, paths of other runs, whether the run was resumed) and the files that only record the
 environment or render a CSV (`SKIP_FILES`, `*.md`). A generate run (made directly, resumed, or by eval as its
 baseline) is re-run from its own recorded inputs; any other run re-runs its recorded command line.
+
+A run folder is data: the re-run happens in the current working folder (never the one argv.json records), writes
+into the results folder holding the run, and a run whose recipe imports Python code (`model.adapter`) is re-run
+only with `--trust-adapter`, after naming the file it will import.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,9 +23,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.artifacts import read_json
+from ..runs.guard import MARKER
 from ..runs.rundir import INCOMPLETE, LOCK, TMP_PREFIX
 
-SKIP_FILES = {"env.json", "argv.json", "resources.json", "command.txt", LOCK, INCOMPLETE}
+SKIP_FILES = {"env.json", "argv.json", "resources.json", "command.txt", LOCK, INCOMPLETE, MARKER}
 MEASURED = {"seconds", "transformer_seconds", "baseline_seconds", "speedup", "speedup_runs", "overhead",
             "latency_s", "baseline_latency_s", "peak_memory", "peak_rss"}
 MEASURED_PREFIX = ("timing_", "peak_")
@@ -44,6 +50,8 @@ def _strip(obj):
 
 def _same(a: Path, b: Path) -> bool:
     """Exact comparison by kind: tensors bitwise, images pixel by pixel, CSV/JSON without excluded fields."""
+    if a.is_symlink() or b.is_symlink():
+        raise ValueError("a symbolic link, not a file the run wrote")
     if a.suffix == ".safetensors":
         import torch
         from safetensors.torch import load_file
@@ -68,8 +76,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _files(run: Path) -> set[str]:
-    return {str(f.relative_to(run)) for f in run.rglob("*")
-            if f.is_file() and f.name not in SKIP_FILES and f.suffix != ".md"}
+    return {str(f.relative_to(run)) for f in run.rglob("*")  # a link is listed, never read through
+            if (f.is_symlink() or f.is_file()) and f.name not in SKIP_FILES and f.suffix != ".md"}
 
 
 def compare_runs(old: Path, new: Path) -> list[dict]:
@@ -109,47 +117,97 @@ def _complete(run_dir: Path) -> dict:
         raise UserError(f"{run_dir} is not a complete run directory (argv.json unreadable: {exc})")
 
 
-def _rerun(args: list[str], cwd: str, what: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ertacli", *args, "--quiet"], cwd=cwd, capture_output=True,
+def adapter_gate(recipe, trust: bool, what: str) -> None:
+    """Refuse a recipe that imports Python code (model.adapter) unless trusted; with trust, say which file."""
+    if not recipe.model.adapter:
+        return
+    code = recipe.adapter_file() or recipe.adapter_spec()
+    if not trust:
+        raise UserError(f"{what} runs Python code: its recipe imports model.adapter {code}; check that file, then "
+                        f"pass --trust-adapter to run it")
+    from ..runs.console import say
+
+    say(f"--trust-adapter: importing {code} (model.adapter of {what})", stderr=True)
+
+
+def _recipe_gate(run_dir: Path, rec: dict, trust: bool) -> None:
+    """The run's recorded recipe and the recipe its command line names: neither may import code untrusted."""
+    from ..recipe import resolve_recipe
+
+    if (run_dir / "recipe.yaml").is_file():
+        adapter_gate(resolve_recipe(str(run_dir / "recipe.yaml")), trust, str(run_dir))
+    argv = _absolute_args([str(a) for a in rec.get("argv", [])], rec.get("cwd"))
+    for flag in ("--model", "-m"):
+        if flag in argv[:-1]:
+            try:
+                recipe = resolve_recipe(argv[argv.index(flag) + 1])
+            except UserError:
+                continue  # the re-run cannot find it either: it fails with its own line, importing nothing
+            adapter_gate(recipe, trust, str(run_dir))
+
+
+def _absolute_args(args: list[str], recorded_cwd) -> list[str]:
+    """Relative file arguments (a plan, a prompt file) that exist only beside the recorded working folder, made
+    absolute so the re-run reads the same files without changing directory."""
+    base = Path(str(recorded_cwd)) if recorded_cwd else None
+    if base is None or not base.is_absolute() or not base.is_dir():
+        return args
+    out = []
+    for a in args:
+        if not a.startswith("-") and not os.path.isabs(a) and not os.path.exists(a) and (base / a).exists():
+            a = str(base / a)
+        out.append(a)
+    return out
+
+
+def _rerun(args: list[str], results: Path, what: str, trust: bool = False) -> None:
+    env = {**os.environ, "ERTACACHE_RESULTS": str(results)}
+    extra = ["--trust-adapter"] if trust and args[:1] == ["generate"] else []
+    proc = subprocess.run([sys.executable, "-m", "ertacli", *args, *extra, "--quiet"], env=env, capture_output=True,
                           text=True)
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
         raise UserError(f"re-running {what} failed (exit {proc.returncode}): {' '.join(last)[:300]}")
 
 
-def _rerun_generate(run_dir: Path, cwd: str) -> Path:
+def _rerun_generate(run_dir: Path, trust: bool) -> Path:
     """A fresh temporary run holding only the original's inputs, finished by `generate --resume`."""
+    from ..runs import guard
     from ..runs.rundir import RunDir
 
     fresh = RunDir(run_dir.parent.name, "generate", [], results_dir=run_dir.parent.parent)
     fresh.tmp_path.mkdir(parents=True)
+    guard.write_marker(fresh.tmp_path)
     for name in COPIED:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, fresh.tmp_path / name)
+        src = run_dir / name
+        if src.is_file() and not src.is_symlink():
+            shutil.copyfile(src, fresh.tmp_path / name)
     try:
-        _rerun(["generate", "--resume", str(fresh.tmp_path.resolve())], cwd, run_dir.name)
+        _rerun(["generate", "--resume", str(fresh.tmp_path.resolve())], run_dir.parent.parent, run_dir.name, trust)
     except BaseException:
-        shutil.rmtree(fresh.tmp_path, ignore_errors=True)
+        guard.remove_tree(fresh.tmp_path, run_dir.parent.parent)
         raise
     return fresh.tmp_path.parent / fresh.run_name
 
 
-def run_reproduce(run_dir: Path):
+def run_reproduce(run_dir: Path, trust_adapter: bool = False):
     """Re-run `run_dir` and compare; returns (new dir, table, all matched, exclusions note)."""
     import pandas as pd
 
     rec = _complete(run_dir)
+    if not isinstance(rec, dict) or not isinstance(rec.get("argv"), list):
+        raise UserError(f"{run_dir}/argv.json records no command line; it is not a complete run directory")
+    _recipe_gate(run_dir, rec, trust_adapter)
     parent = run_dir.resolve().parent
-    cwd = rec.get("cwd") if Path(str(rec.get("cwd"))).is_dir() else "."
     if run_dir.name.startswith("generate-") and (run_dir / "inputs.json").is_file():
-        new = _rerun_generate(run_dir.resolve(), cwd)
+        new = _rerun_generate(run_dir.resolve(), trust_adapter)
     else:
         args = [str(a) for a in rec["argv"][1:]]
         if args[:1] != [rec["command"]]:
             raise UserError(f"{run_dir.name} was made inside `ertacache {' '.join(args[:1])}` and records no command "
                             f"line of its own; reproduce the run that made it")
         before = {p.name for p in parent.iterdir()}
-        _rerun(args, cwd, run_dir.name)
+        _rerun(_absolute_args(args, rec.get("cwd")), parent.parent, run_dir.name)
         made = sorted(p for p in parent.iterdir() if p.name not in before and p.name.startswith(rec["command"] + "-"))
         if not made:
             raise UserError(f"re-running {run_dir.name} wrote no new {rec['command']} run under {parent}")

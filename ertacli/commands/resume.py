@@ -33,6 +33,7 @@ class ResumeOptions:
     seed: list[int] = field(default_factory=list)
     device: str | None = None
     compile: bool = False
+    trust_adapter: bool = False  # the run's recipe may import its model.adapter file (never by default)
 
 
 def _sha(text: str) -> str:
@@ -73,7 +74,12 @@ def resume_dir(path: str | Path) -> tuple[Path, dict]:
         raise UserError(f"{p} is not an interrupted generate run (look for results/<recipe>/.tmp-generate-*, "
                         f"or run `ertacache runs`)")
     info = read_json(p / INPUTS)
-    if info["method"]["kind"] == "peer":
+    samples = info.get("samples") if isinstance(info, dict) else None
+    if not isinstance(info.get("method") if isinstance(info, dict) else None, dict) or not isinstance(samples, dict) \
+            or not isinstance(samples.get("prompts"), list) or not isinstance(samples.get("seeds"), list):
+        raise UserError(f"{p / INPUTS}: not the inputs of a generate run (method, samples.prompts/seeds); re-run it "
+                        f"from the start")
+    if info["method"].get("kind") == "peer":
         raise UserError(f"{p} was made with a peer cache; re-run `ertacache eval --compare` instead of resuming")
     return p, info
 
@@ -132,6 +138,9 @@ def resume_job(path: str | Path, opts: ResumeOptions, quiet: bool = False) -> tu
     run, info = resume_dir(path)
     device = (info.get("settings") or {}).get("device")
     job = Job.make(str(run / "recipe.yaml"), [], opts.device or device, quiet=quiet)
+    from .reproduce import adapter_gate
+
+    adapter_gate(job.recipe, opts.trust_adapter, f"--resume {run}")
     job.compile = bool((info.get("settings") or {}).get("compile"))
     _check_recipe(run, job, opts)
     _check_inputs(run, job, info, opts)

@@ -154,8 +154,8 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, pick_
         raise UserError("give one of --pick-speedup or --pick-psnr, not both")
     if nfes and (pick_speedup is not None or pick_psnr is not None):
         raise UserError("--pick-speedup / --pick-psnr choose a lambda; they do not combine with --nfe")
+    samples = job.eval_samples().take(max_samples or None)  # before any work: more than there are is refused
     profile, pdir = find_or_make_profile(job, None)
-    samples = job.eval_samples().first(max_samples or None)
     base_dir = run_generate(job, samples, None)
     search_dir, picked = None, None
     if nfes:

@@ -14,10 +14,15 @@ from .rundir import RunDir, latest_run
 
 def read_json(path: Path) -> dict:
     """A JSON file of a run directory; unreadable or malformed is a one-line error."""
+    from ..limits import MAX_DEPTH, MAX_JSON_BYTES, depth, read_text_bounded
+
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})")
+        data = json.loads(read_text_bounded(Path(path), MAX_JSON_BYTES, "run file"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UserError(f"{path}: cannot read ({type(exc).__name__}: {str(exc)[:100]}); re-run the command that made it")
+    if depth(data) > MAX_DEPTH:
+        raise UserError(f"{path}: nested deeper than {MAX_DEPTH} levels; re-run the command that made it")
+    return data
 
 
 def find_run(recipe_name: str, command: str, marker: str, match: Callable[[dict], bool]) -> Path | None:
@@ -38,7 +43,9 @@ def save_tensors(path: Path, tensors: dict) -> None:
     """Write tensors as safetensors."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    from .guard import target
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(target(path)))
 
 
 def load_tensors(path: Path) -> dict:

@@ -35,7 +35,9 @@ def say(text: str, style: str | None = None, stderr: bool = False) -> None:
     """One line, never wrapped; styled only on a terminal."""
     stream = sys.stderr if stderr else sys.stdout
     if interactive(stream) and style:
-        _console(stderr).print(f"[{style}]{text}[/{style}]", markup=True)
+        from rich.text import Text
+
+        _console(stderr).print(Text(str(text), style=style))  # user text (prompts, paths) is never Rich markup
     else:
         print(text, file=stream, flush=True)
 

@@ -27,6 +27,7 @@ class Job:
     compile: bool = False
     model_arg: str | None = None  # --model as given, and every override applied, so a sub-run can name its own
     sets: list[str] = field(default_factory=list)  # command line (see `as_command`)
+    known_model: dict | None = field(default=None, repr=False)  # the model's identity, once computed
 
     @classmethod
     def make(cls, model: str, overrides: list[str] | None, device: str | None,
@@ -58,7 +59,10 @@ class Job:
         """The loaded pipeline with this recipe's call settings."""
         from ..backbones.sampler import Sampler
 
+        from ..limits import check_fits
+
         sampler = Sampler.from_recipe(self.loaded, self.recipe)
+        check_fits(sampler, self.device)
         sampler.compile = self.compile or sampler.compile
         return sampler
 
@@ -82,12 +86,33 @@ class Job:
         return replace(self, argv=argv + [str(a) for a in args], loaded_pipeline=self.loaded)
 
     @property
+    def model_identity(self) -> dict:
+        """The model by content: transformer class, config and weights digest (cached per model folder)."""
+        if self.known_model is None:
+            from ..identity import recipe_identity
+
+            self.known_model = recipe_identity(self.recipe, lambda: self.loaded)
+        return self.known_model
+
+    @property
     def key(self) -> str:
-        return recipe_key(self.recipe)
+        """Digest of the model (by content) and the sampling settings: what reused runs must share."""
+        return recipe_key(self.recipe, self.model_identity)
+
+    def run_settings(self):
+        """This job's settings in the user's terms, with its model identity (what `--plan` is checked against)."""
+        from ..plan_settings import recipe_settings
+
+        settings = recipe_settings(self.recipe, self.loaded_pipeline, lambda: self.loaded, self.model_identity)
+        settings.legacy_key = recipe_key(self.recipe)
+        return settings
 
     def identity(self, profile_run: str | Path | None = None) -> dict:
-        """How plans made by this job name their model (recipe, settings key, model id, profile run)."""
+        """How plans made by this job name their model and settings (recipe, settings key, model id, the model
+        by content, the settings in the user's terms, the command, profile run)."""
+        command = f"ertacache {self.argv[1]}" if len(self.argv) > 1 else "ertacache"
         return {"recipe": self.recipe.name, "recipe_key": self.key, "model_id": model_id(self.recipe),
+                "settings": self.run_settings().to_json(), "model": self.model_identity, "made_by": command,
                 "profile_run": str(profile_run) if profile_run is not None else None}
 
     def calibration(self) -> Samples:
@@ -96,8 +121,10 @@ class Job:
     def eval_samples(self, prompts: list[str] | None = None, prompts_file: str | None = None,
                      seeds: list[int] | None = None) -> Samples:
         """--prompt, then --prompts FILE, then the recipe's eval prompts; --seed or the recipe's eval seeds."""
+        from ..limits import check_prompts
+
         if prompts:
-            chosen = list(prompts)
+            chosen = check_prompts(list(prompts))
         elif prompts_file:
             chosen = read_prompt_file(prompts_file)
         else:

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from .guard import target
+
 log = logging.getLogger(__name__)
 
 
@@ -25,8 +27,7 @@ def save_image(tensor: Any, path: str | Path) -> Path:
 
     if tensor.dim() != 3:
         raise ValueError(f"save_image expects (3, H, W), got shape {tuple(tensor.shape)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = target(path)
     Image.fromarray(to_uint8(tensor)).save(path)
     return path
 
@@ -53,8 +54,7 @@ def save_video(tensor: Any, path: str | Path, fps: int = 8) -> Path:
 
     if tensor.dim() != 4:
         raise ValueError(f"save_video expects (F, 3, H, W), got shape {tuple(tensor.shape)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = target(path)
     frames = to_uint8(_pad16(tensor.detach().float().cpu()))
     try:
         with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=16) as writer:
@@ -65,7 +65,7 @@ def save_video(tensor: Any, path: str | Path, fps: int = 8) -> Path:
         gif = path.with_suffix(".gif")
         log.warning("could not write MP4 %s (%s); saved a GIF instead: %s", path, exc, gif)
         path.unlink(missing_ok=True)
-        imageio.mimsave(gif, list(to_uint8(tensor.detach().float().cpu())), duration=1000 / fps, loop=0)
+        imageio.mimsave(target(gif), list(to_uint8(tensor.detach().float().cpu())), duration=1000 / fps, loop=0)
         return gif
 
 
@@ -99,6 +99,7 @@ def _caption_font(size: int):
 
 def _fit(text: str, draw, font, width: int) -> str:
     """The caption cut with '...' to fit `width` pixels."""
+    text = text[:max(1, int(width))]  # a glyph is at least a pixel wide: never measure more than fits
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "...", font=font) > width:
@@ -108,7 +109,7 @@ def _fit(text: str, draw, font, width: int) -> str:
 
 def _wrap(text: str, draw, font, width: int, lines: int = 2) -> str:
     """The caption in up to `lines` lines of at most `width` pixels (the last one cut with '...')."""
-    out, words = [], text.split()
+    out, words = [], text[:max(1, int(width)) * lines].split()
     while words and len(out) < lines:
         line = words.pop(0)
         while words and draw.textlength(f"{line} {words[0]}", font=font) <= width:
@@ -145,7 +146,6 @@ def save_captioned_grid(rows: Sequence[Sequence[Any]], captions: Sequence[Any], 
                 draw.multiline_text((x, y + 1), _wrap(str(text[j]), draw, font, cw), fill="black", font=font,
                                     spacing=2)
             canvas.paste(Image.fromarray(to_uint8(img)).resize((cw, ch), Image.NEAREST), (x, y + cap))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = target(path)
     canvas.save(path)
     return path

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .guard import target
+
 PEER_MARKERS = "sDP^X*hv<>p"
 
 
@@ -74,7 +76,7 @@ def plot_pareto(df: pd.DataFrame, path: Path, title: str, metrics: tuple[str, ..
     fig.legend(handles=handles, loc="lower center", ncol=min(5, max(1, len(handles))), fontsize=8, frameon=False)
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(target(path), dpi=110)
     plt.close(fig)
     return path
 
@@ -116,7 +118,7 @@ def plot_error_profile(plans: list, path: Path, title: str) -> Path:
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(target(path), dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -9,7 +9,6 @@ import platform
 import re
 import secrets
 import shlex
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -20,6 +19,8 @@ from typing import Any, Callable, Iterable, Optional
 from ..assets import checkout_root
 from ..errors import UserError
 from ..recipe import results_dir as default_results_dir
+from . import guard
+from .guard import LOCK, MARKER, lock_owner, release_lock, take_lock  # noqa: F401  (the run-folder API)
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 TMP_PREFIX = ".tmp-"
@@ -32,9 +33,10 @@ def _utc_stamp() -> str:
 
 
 def _check_component(kind: str, value: str) -> str:
-    """Refuse names that cannot be one folder-name component."""
-    if not value or value in (".", "..") or "/" in value or os.sep in value or value.startswith("."):
-        raise UserError(f"{kind} {value!r} cannot be used as a folder name; use letters, digits, '-' or '_'")
+    """Refuse names that cannot be one folder-name component (letters, digits, '-', '_', '.'; at most 100)."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", value or "") or value in (".", ".."):
+        raise UserError(f"{kind} {str(value)[:60]!r} cannot be used as a folder name; use letters, digits, '-' or "
+                        f"'_' (at most 100)")
     return value
 
 
@@ -75,7 +77,6 @@ def _is_clean_exit(exc: Optional[BaseException]) -> bool:
 
 
 INCOMPLETE = "INCOMPLETE"
-LOCK = "LOCK"
 
 
 class RunDir:
@@ -110,14 +111,23 @@ class RunDir:
         """Create the temp folder (or adopt an existing one) and take its lock."""
         if self.lead and not self.existing:
             self.tmp_path.mkdir(parents=True, exist_ok=False)
+        if self.tmp_path.is_symlink() or not self.tmp_path.is_dir():
+            raise UserError(f"{self.tmp_path} is not a run folder (a link or not a folder); give the folder itself")
+        guard.register(self.tmp_path)
         if self.lead:
             try:
+                if not self.existing:
+                    guard.write_marker(self.tmp_path)
                 take_lock(self.tmp_path)
             except BaseException:
+                guard.unregister(self.tmp_path)
                 if not self.existing:
-                    shutil.rmtree(self.tmp_path, ignore_errors=True)
+                    guard.remove_tree(self.tmp_path, self.tmp_path.parent)
                 raise
-            (self.tmp_path / INCOMPLETE).unlink(missing_ok=True)
+            if (self.tmp_path / INCOMPLETE).is_file() and not (self.tmp_path / INCOMPLETE).is_symlink():
+                (self.tmp_path / INCOMPLETE).unlink()
+            if not guard.is_marked(self.tmp_path):
+                guard.write_marker(self.tmp_path)  # a run the user named to resume, made before markers existed
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -132,8 +142,9 @@ class RunDir:
                 fn()
             self.write_text("command.txt", shlex.join(self.argv) + "\n")
             final = self.tmp_path.parent / self.run_name
-            (self.tmp_path / LOCK).unlink(missing_ok=True)
+            release_lock(self.tmp_path)
             os.rename(self.tmp_path, final)
+            guard.moved(self.tmp_path, final)
         except BaseException as late:
             self._failed(late)
             raise
@@ -152,27 +163,27 @@ class RunDir:
         """Keep a run holding finished samples, marked INCOMPLETE (why, and how to resume); remove any other."""
         kept = self.finished_count()
         if kept == 0:
-            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            release_lock(self.tmp_path)
+            guard.remove_tree(self.tmp_path, self.tmp_path.parent)
             note = "nothing was finished, so the run directory was removed"
         else:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
             note = f"kept {kept} finished sample(s) in {self.tmp_path}; resume with: {self.resume_command()}"
             try:
-                (self.tmp_path / INCOMPLETE).write_text(f"reason: {reason}\nkept: {kept} finished sample(s)\n"
-                                                        f"resume: {self.resume_command()}\n", encoding="utf-8")
-            except OSError:
+                note_file = guard.target(self.tmp_path / INCOMPLETE)
+                note_file.write_text(f"reason: {reason}\nkept: {kept} finished sample(s)\n"
+                                     f"resume: {self.resume_command()}\n", encoding="utf-8")
+            except (OSError, UserError):
                 pass  # a full disk: the records still say what is done, `ertacache runs` names the command
-            (self.tmp_path / LOCK).unlink(missing_ok=True)
+            release_lock(self.tmp_path)
         try:
             exc.ertacache_note = note  # cli.main prints it on the error's line
         except AttributeError:
             pass
 
     def file(self, name: str) -> Path:
-        """Path of a file inside the run folder (parent folders created)."""
-        path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        """Path of a file inside the run folder (parent folders created; no link, nothing outside: guard.py)."""
+        return guard.target(guard.inside(self.path, name))
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write obj as indented JSON (NaN/inf as null) and return its path."""
@@ -189,52 +200,9 @@ class RunDir:
 
     def subdir(self, name: str) -> Path:
         """Create and return a subfolder of the run folder."""
-        path = self.path / name
+        path = guard.target(guard.inside(self.path, name, "folder"))
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
-    return True
-
-
-def lock_owner(folder: Path) -> Optional[int]:
-    """PID of the live process holding a run folder's lock on this host, else None (no lock, or a stale one)."""
-    try:
-        info = json.loads((folder / LOCK).read_text(encoding="utf-8"))
-        pid, host = int(info["pid"]), str(info["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if host != platform.node():
-        return pid  # another machine's process: cannot tell, so count it as alive
-    return pid if pid != os.getpid() and pid_alive(pid) else None
-
-
-def take_lock(folder: Path) -> None:
-    """Own a run folder (LOCK holds this PID); a live owner makes this fail at once with its PID."""
-    lock = folder / LOCK
-    part = folder / f"{LOCK}.{os.getpid()}"
-    part.write_text(json.dumps({"pid": os.getpid(), "host": platform.node()}), encoding="utf-8")
-    try:
-        for attempt in (0, 1):
-            try:
-                os.link(part, lock)  # atomic: of two processes taking a free lock, one wins
-                return
-            except FileExistsError:
-                owner = lock_owner(folder)
-                if owner is not None or attempt == 1:
-                    raise UserError(f"{folder} is in use by process {owner} (its {LOCK} file); wait for it to "
-                                    f"finish or stop it, then retry") from None
-                lock.unlink(missing_ok=True)  # a stale lock: its process is gone
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def _version(pkg: str) -> Optional[str]:

@@ -49,9 +49,15 @@ def split_missing(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return short, notes
 
 
+def md_escape(text: Any) -> str:
+    """A Markdown table cell: `|` escaped, line breaks and tabs as spaces, so a cell never shifts the columns."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())
+
+
 def markdown(df: pd.DataFrame) -> str:
-    """The frame as a GitHub Markdown table, cells formatted as on the terminal (one row per line)."""
-    cells = df.map(format_cell) if len(df) else df.astype(str)
+    """The frame as a GitHub Markdown table, cells formatted as on the terminal (one row per line, `|` escaped)."""
+    cells = df.map(lambda v: md_escape(format_cell(v))) if len(df) else df.astype(str)
+    cells.columns = [md_escape(c) for c in cells.columns]
     return cells.to_markdown(index=False, disable_numparse=True)
 
 
@@ -61,9 +67,10 @@ PATH_COLUMNS = ("run", "plan", "baseline")
 
 def save_table(df: pd.DataFrame, rundir_path: str | Path, stem: str) -> tuple[Path, Path]:
     """Write <stem>.csv (full cells) and <stem>.md (formatted, no path columns, missing reasons once, below)."""
+    from .guard import target
+
     folder = Path(rundir_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
+    csv_path, md_path = target(folder / f"{stem}.csv"), target(folder / f"{stem}.md")
     df.to_csv(csv_path, index=False)
     short, notes = split_missing(df.drop(columns=[c for c in PATH_COLUMNS if c in df.columns]))
     md_path.write_text(markdown(short) + "\n" + "".join(f"\n{n}\n" for n in notes), encoding="utf-8")
@@ -74,10 +81,12 @@ def rich_table(df: pd.DataFrame, title: str | None = None) -> Table:
     """A Rich table of the frame: numbers right-aligned and formatted for reading."""
     import pandas as pd
 
-    table = Table(title=title)
+    from rich.text import Text
+
+    table = Table(title=Text(title) if title is not None else None)
     for col in df.columns:
         numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
-        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
+        table.add_column(Text(str(col)), justify="right" if numeric else "left", overflow="fold")
     for row in df.itertuples(index=False, name=None):
-        table.add_row(*(format_cell(v) for v in row))
+        table.add_row(*(Text(format_cell(v)) for v in row))  # cells are data, never Rich markup
     return table
