@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli_options import (SAMPLES_HELP, AutoTrialsOpt, CompareOpt, CompileOpt, DeviceOpt, LambdaOpt, MethodOpt,
+from .cli_options import (SAMPLES_HELP, AutoTrialsOpt, CompareOpt, CompileOpt, DeviceOpt, TrustAdapterOpt, LambdaOpt, MethodOpt,
                           MethodsOpt, ModelOpt, NfeOpt, PlanOpt, PredictorOpt, PredictorsOpt, PromptOpt, PromptsOpt,
                           QuietOpt, RequiredPlanOpt, SamplesOpt, SeedOpt, SetOpt, ablation_opt, auto_sets, deprecated,
                           integers, lambdas as parse_lambdas, names as parse_names, predictor_overrides, retired,
@@ -135,8 +135,7 @@ def generate_cmd(ctx: typer.Context, model: str = ModelOpt, plan: Optional[str] 
                                                       "directory with its recorded settings (see `ertacache runs`)."),
                  sets: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt, quiet: bool = QuietOpt,
                  compile_: bool = CompileOpt,
-                 trust_adapter: bool = typer.Option(False, "--trust-adapter", help="With --resume: allow the run's "
-                                                    "recipe to import its model.adapter Python file.")) -> None:
+                 trust_adapter: bool = TrustAdapterOpt) -> None:
     """Run the pipeline with a plan (without --plan: uncached); saves media, latents, NFE and time per sample."""
     import pandas as pd
 

@@ -16,6 +16,8 @@ SetOpt = typer.Option(None, "--set", help="Override a recipe field: --set sampli
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available, else CPU).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines.")
 CompileOpt = typer.Option(False, "--compile", help="torch.compile each transformer block once (first call compiles).")
+TrustAdapterOpt = typer.Option(False, "--trust-adapter", help="Allow a recorded run whose recipe imports a "
+                               "model.adapter Python file to import it (reproduce, generate --resume).")
 LambdaOpt = typer.Option(None, "--lambda", "-l", help="Threshold(s) of the cached-step search: repeat or comma list "
                          "(default: the recipe's search.lambdas).")
 SAMPLES_HELP = "Evaluate on the first N eval samples (prompts x seeds)."

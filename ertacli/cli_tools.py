@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from .cli_app import app, finish, say, show
-from .cli_options import SetOpt, integers, renamed, retired, retired_opt
+from .cli_options import SetOpt, TrustAdapterOpt, integers, renamed, retired, retired_opt
 from .errors import UserError
 
 
@@ -92,8 +92,7 @@ def report_cmd(run: str = typer.Argument(..., help="A matched-NFE sweep run dire
 
 @app.command("reproduce")
 def reproduce_cmd(run_dir: str = typer.Argument(..., help="A run directory to re-run and compare."),
-                  trust_adapter: bool = typer.Option(False, "--trust-adapter", help="Allow a run whose recipe imports "
-                                                     "a model.adapter Python file to import it.")) -> None:
+                  trust_adapter: bool = TrustAdapterOpt) -> None:
     """Re-run a run directory's exact command and report whether the outputs match."""
     from .commands.reproduce import run_reproduce
 
