@@ -26,8 +26,7 @@ PlanOpt = typer.Option(None, "--plan", "-p", help="Plan folder (or a search/fit 
 CompareOpt = typer.Option(False, "--compare", help="Also run the peers (each tuned to the plan's NFE) and a uniform cache.")
 PredictorOpt = typer.Option(None, "--predictor", help="Cached-step predictor: reuse, extrapolate-1, extrapolate-2.")
 
-PREDICTORS = {"reuse": ("reuse", None), "extrapolate-1": ("extrapolate", 1), "extrapolate-2": ("extrapolate", 2)}
-"""--predictor values: (cache.predictor, cache.order); the same on every command that takes one."""
+from .choices import PREDICTOR_NAMES as PREDICTORS  # noqa: E402 (--predictor values: the one table)
 
 DEPRECATED = {  # command: {old option: new option}; the old names still work, with a warning
     "estimate": {"--prompts": "--n-prompts"},

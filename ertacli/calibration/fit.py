@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 
+from ..choices import TOGGLES as MODES
 from ..errors import UserError
 from ..plan import Plan
 from .passes import apply_controller, calibration_pass, gather_rows
 from .profile import fit_part
 from .samples import Samples, split_holdout
-
-MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)

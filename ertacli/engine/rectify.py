@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-GRANULARITIES = ("scalar", "channel", "element")
-FORMS = ("linear", "sigmoid")
+from ..choices import FORMS, GRANULARITIES  # noqa: E402,F401 (the one table of allowed values)
 
 
 def _reduce_dims(shape: torch.Size, granularity: str, channel_dim: int) -> tuple[int, ...]:
