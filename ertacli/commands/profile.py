@@ -34,15 +34,16 @@ def profile_matches(job: Job):
     return lambda d: d.get("recipe_key") == job.key and d.get("calibration", {}).get("digest") == digest and split(d)
 
 
-def load_profile(path: Path | str, job: Job):
+def load_profile(path: Path | str, job: Job, data: dict | None = None):
     """A profile run directory read once: profile.json checked (fields, this recipe's settings key) and its
-    uncached latents and 8-bit outputs; returns the Profile (`run` = the folder)."""
+    uncached latents and 8-bit outputs; returns the Profile (`run` = the folder). `data`: its profile.json
+    content when the caller has read it already."""
     from ..calibration.profile import Profile
 
     p = Path(path)
     if not (p / PROFILE_FILE).is_file():
         raise UserError(f"{p} is not a profile run directory (no {PROFILE_FILE}); run `ertacache profile` first")
-    data = read_json(p / PROFILE_FILE)
+    data = read_json(p / PROFILE_FILE) if data is None else data
     require_same(f"profile {p}", "model/sampling settings key", data.get("recipe_key") if isinstance(data, dict)
                  else None, job.key, f"re-run `ertacache profile --model {job.recipe.name}`")
     profile = Profile.from_json(data, f"profile {p}")
@@ -56,8 +57,16 @@ def find_or_make_profile(job: Job, given: str | None):
     """--profile DIR, else the newest matching profile in results/, else one made (and recorded) now."""
     if given:
         return load_profile(given, job)
-    found = find_run(job.recipe.name, "profile", PROFILE_FILE, profile_matches(job))
-    return load_profile(found, job) if found is not None else make_profile(job.as_command("profile"))
+    matches, seen = profile_matches(job), {}
+
+    def match(data: dict) -> bool:  # keeps the matching profile.json's content: read once
+        if matches(data):
+            seen["data"] = data
+            return True
+        return False
+
+    found = find_run(job.recipe.name, "profile", PROFILE_FILE, match)
+    return load_profile(found, job, seen["data"]) if found is not None else make_profile(job.as_command("profile"))
 
 
 def memory_estimate(job: Job) -> str | None:

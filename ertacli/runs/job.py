@@ -28,6 +28,7 @@ class Job:
     model_arg: str | None = None
     sets: list[str] = field(default_factory=list)
     recorder: Recorder | None = None
+    calibration_set: Samples | None = None  # the calibration prompt file, read once (`calibration()`)
 
     def __post_init__(self):
         if self.recorder is None:
@@ -94,10 +95,10 @@ class Job:
 
     def calibration(self) -> Samples:
         """The recipe's calibration prompts x seeds (the prompt file read once per job)."""
-        if getattr(self, "_calibration", None) is None:
-            self._calibration = Samples.grid(self.recipe.read_prompts("calibration"),
-                                             list(self.recipe.calibration.seeds))
-        return self._calibration
+        if self.calibration_set is None:
+            self.calibration_set = Samples.grid(self.recipe.read_prompts("calibration"),
+                                                list(self.recipe.calibration.seeds))
+        return self.calibration_set
 
     def eval_samples(self, prompts: list[str] | None = None, prompts_file: str | None = None,
                      seeds: list[int] | None = None) -> Samples:

@@ -106,13 +106,13 @@ def record_profile(rec: Recorder, profile, keep_tensors: bool = False) -> Path:
     return profile.run
 
 
-def plan_table(plans: list, folders: list[Path], root: Path):
+def plan_table(plans: list, folders: list[Path]):
     """search's summary table: one row per plan, with its folder relative to the run."""
     import pandas as pd
 
     from ..plan import plan_summary
 
-    return pd.DataFrame([{**plan_summary(p), "plan": str(f.relative_to(root))} for p, f in zip(plans, folders)])
+    return pd.DataFrame([{**plan_summary(p), "plan": str(f)} for p, f in zip(plans, folders)])
 
 
 def record_search(rec: Recorder, plans: list, profile_run, target: dict, seeds: list[int], auto_rows=None):
@@ -127,8 +127,8 @@ def record_search(rec: Recorder, plans: list, profile_run, target: dict, seeds: 
         for plan in plans:
             folder = run.subdir("plans/auto" if auto_rows is not None else f"plans/lambda-{plan.lam:g}")
             save_auto(plan, auto_rows, folder) if auto_rows is not None else plan.save(folder)
-            folders.append(folder)
-        df = plan_table(plans, folders, run.path)
+            folders.append(folder.relative_to(run.path))
+        df = plan_table(plans, folders)
         save_table(df, run.path, "summary")
         info = {"profile_run": str(profile_run), "lambdas": [p.lam for p in plans], "target": target}
         if auto_rows is not None:
@@ -136,7 +136,7 @@ def record_search(rec: Recorder, plans: list, profile_run, target: dict, seeds: 
         run.write_json("search.json", info)
     final = rec.finished(run)
     for plan, folder in zip(plans, folders):
-        plan.folder = final / folder.relative_to(run.path)
+        plan.folder = final / folder
     return final, df
 
 
