@@ -20,6 +20,7 @@ def calibration_quality(job: Job, plan, profile, timed_too: bool = True) -> dict
     from ..evaluation.runners import PlanRunner
     from ..evaluation.scoring import mean_psnr
     from ..runs.media import to_uint8
+    from .eval import timed
 
     samples, sampler = job.calibration(), job.sampler
     out = calibration_pass(sampler, plan_controller(plan, sampler.backbone.channel_dim), samples,

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..choices import FORMS, GRANULARITIES  # noqa: E402,F401 (the one table of allowed values)
-
 
 def _reduce_dims(shape: torch.Size, granularity: str, channel_dim: int) -> tuple[int, ...]:
     """Axes summed over for a granularity: all (scalar), all but channels (channel), batch only (element)."""

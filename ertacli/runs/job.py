@@ -4,7 +4,7 @@ apart from them, how its runs are recorded (`Recorder`, runs/recorder.py)."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,11 @@ class Job:
 
     recipe: Recipe
     device: str
-    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    recorder: Recorder
     quiet: bool = False
     loaded_pipeline: Any = None
     compile: bool = False
-    model_arg: str | None = None
-    sets: list[str] = field(default_factory=list)
-    recorder: Recorder | None = None
     calibration_set: Samples | None = None  # the calibration prompt file, read once (`calibration()`)
-
-    def __post_init__(self):
-        if self.recorder is None:
-            self.recorder = Recorder(self.recipe, self.device, list(self.argv), self.model_arg, list(self.sets))
 
     @classmethod
     def make(cls, model: str, overrides: list[str] | None, device: str | None,
@@ -50,8 +43,9 @@ class Job:
         dev = local_device(device or ("cuda" if launched() and _cuda() else None) or resolve_device(None))
         dev = resolve_device(dev)
         init(dev)
-        return cls(recipe, dev, list(argv if argv is not None else sys.argv), quiet or not WORLD.main,
-                   model_arg=str(model), sets=method_overrides(method) + list(overrides or []))
+        rec = Recorder(recipe, dev, list(argv if argv is not None else sys.argv), str(model),
+                       method_overrides(method) + list(overrides or []))
+        return cls(recipe, dev, rec, quiet or not WORLD.main)
 
     @property
     def loaded(self):
