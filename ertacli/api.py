@@ -239,12 +239,10 @@ def minilm_encoder(style: str = "flux", negative_prompt: str = "") -> Callable[[
 
 def method_settings(method: str):
     """(cache settings, fit settings) of a --method preset over the defaults, as the CLI applies it to a recipe."""
-    from .calibration.fit import FitSettings
-    from .presets import method_overrides
-    from .recipe import CacheCfg, FitCfg, parse_overrides
+    from .calibration.run import MethodConfig
 
-    over = parse_overrides(method_overrides(method))
-    return CacheCfg(**over.get("cache", {})), FitSettings.of(FitCfg(**over.get("fit", {})))
+    cfg = MethodConfig.preset(method)
+    return cfg.cache, cfg.fit
 
 
 def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam: float | None = None,
@@ -256,16 +254,16 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
 
     Give one of `lam` (threshold), `nfe` (transformer calls per sample) or `target_speedup` (predicted).
     `method="auto"` searches the configuration at that target (`ertacli.calibration.auto`, at most
-    `auto_trials` candidates scored on the held-out prompts); `save_to` then also writes auto.csv.
-    `call_kwargs` are the pipeline-call settings (num_inference_steps, height, width, guidance_scale, ...);
-    prompts go through `prompt_encoder` (default: `prompt=`, which needs the pipeline's text encoder). Progress
-    bars as the CLI shows them (`quiet=True`: none).
+    `auto_trials` candidates scored on the held-out prompts; a `lam` is first turned into the count the
+    hidden-space first-order threshold policy caches at it, as `ertacache search --method auto --lambda` does);
+    `save_to` then also writes auto.csv. `call_kwargs` are the pipeline-call settings (num_inference_steps,
+    height, width, guidance_scale, ...); prompts go through `prompt_encoder` (default: `prompt=`, which needs the
+    pipeline's text encoder). `nfe=N` gives exactly N transformer calls per sample. Progress bars as the CLI
+    shows them (`quiet=True`: none). The same function as the CLI's: `ertacli.calibration.run.calibrate_plan`.
     """
     from .backbones.sampler import Sampler
-    from .calibration.fit import fit_plan
-    from .calibration.profile import record_profile
+    from .calibration.run import MethodConfig, Target, calibrate_plan
     from .calibration.samples import Samples
-    from .calibration.search import Target, cached_for, exact_count, search_plan, search_target
 
     if sum(x is not None for x in (lam, nfe, target_speedup)) != 1:
         raise UserError("calibrate needs exactly one of lam=, nfe= or target_speedup=")
@@ -275,51 +273,17 @@ def calibrate(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), lam:
         from .backbones.text import check_pipeline_encodes_prompts
 
         check_pipeline_encodes_prompts(pipe)
-    cache_cfg, fit_settings = method_settings(method)
+    config = MethodConfig.preset(method, auto_trials)
     bb = resolve_backbone(pipe, backbone)
     sampler = Sampler(pipe, bb, prompt_encoder or prompt_kwargs_encoder(), dict(call_kwargs),
                       str(getattr(pipe, "device", "cpu")), getattr(pipe.transformer, "dtype", None), micro_batch)
     samples = Samples.grid(list(prompts), [int(s) for s in seeds])
-    identity = pipeline_identity(pipe, call_kwargs, cache_cfg.residual, made_by=f"ertacli.calibrate(method={method!r})")
-    profile = record_profile(sampler, samples, cache_cfg.residual, quiet=quiet, holdout=holdout)
-    if method == "auto":
-        return calibrate_auto(sampler, samples, profile, identity, (lam, nfe, target_speedup), fit_settings,
-                              holdout, auto_trials, save_to, quiet)
-    if lam is not None:
-        plan = search_plan(sampler, samples, profile.data, lam, cache_cfg, identity, quiet)
-    else:
-        target = (Target(cached_steps=cached_for(profile.data["branches"], sampler.steps, nfe, identity["recipe"],
-                                                 profile.data.get("streams")))
-                  if nfe is not None else Target(speedup=target_speedup))
-        plan = search_target(sampler, samples, profile.data, target, cache_cfg, identity, quiet=quiet)
-        if target.cached_steps is not None:  # nfe=N: exactly N calls, not at most N
-            plan = exact_count(plan, target.cached_steps)
-    fitted, _ = fit_plan(sampler, plan, profile.data, samples, profile.latents, fit_settings, holdout, quiet)
+    identity = pipeline_identity(pipe, call_kwargs, config.cache.residual,
+                                 made_by=f"ertacli.calibrate(method={method!r})")
+    result = calibrate_plan(sampler, samples, Target(lam=lam, nfe=nfe, speedup=target_speedup), config, identity,
+                            holdout, quiet=quiet)
     if save_to is not None:
-        fitted.save(save_to)
-    return fitted
+        from .calibration.auto import save_auto
 
-
-def calibrate_auto(sampler, samples, profile, identity: dict, target: tuple, fit_settings, holdout: float,
-                   trials: int, save_to: str | None, quiet: bool) -> Plan:
-    """`calibrate(method="auto")`: the target as a cached count, then the configuration search."""
-    import math
-
-    from .calibration.auto import AutoSettings, auto_search, save_auto
-    from .calibration.search import cached_for, search_plan
-    from .recipe import CacheCfg
-
-    lam, nfe, speedup = target
-    branches, T = list(profile.data["branches"]), sampler.steps
-    if nfe is not None:
-        cached = cached_for(branches, T, nfe, identity["recipe"], profile.data.get("streams"))
-    elif speedup is not None:
-        cached = int(math.ceil(len(branches) * T * (1.0 - 1.0 / float(speedup)) - 1e-9))
-    else:
-        cfg = CacheCfg(predictor="extrapolate", order=1)
-        cached = search_plan(sampler, samples, profile.data, lam, cfg, identity, quiet).n_cached
-    settings = AutoSettings(trials=trials, holdout=holdout, fit=fit_settings)
-    plan, rows = auto_search(sampler, samples, cached, identity, settings, quiet)
-    if save_to is not None:
-        save_auto(plan, rows, save_to)
-    return plan
+        save_auto(result.plan, result.auto_rows, save_to) if result.auto_rows is not None else result.plan.save(save_to)
+    return result.plan

@@ -37,8 +37,7 @@ MethodsOpt = typer.Option(None, "--methods", help="Method presets compared at ea
 NfeOpt = typer.Option(None, "--nfe", help="Matched-NFE targets, transformer calls per sample: repeat or comma list "
                       "(default: the recipe's search.nfe).")
 
-PREDICTORS = {"reuse": ("reuse", None), "extrapolate-1": ("extrapolate", 1), "extrapolate-2": ("extrapolate", 2)}
-"""--predictor values: (cache.predictor, cache.order); the same on every command that takes one."""
+from .choices import PREDICTOR_NAMES as PREDICTORS  # noqa: E402 (--predictor values: the one table)
 
 DEPRECATED = {  # command: {old option: new option}; the old names still work, with a warning
     "search": {"--predictor extrapolate": "--predictor extrapolate-1|extrapolate-2", "--order": "--predictor extrapolate-N",

@@ -61,6 +61,23 @@ def model_id(recipe) -> str:
     return f"{recipe.model.pipeline}:{_model_path(recipe) or recipe.model.source}"
 
 
+@dataclass(frozen=True)
+class Rectification:
+    """A plan's `rectify` entry, typed: eps ~ a v~ + b per cached step (scalars here, others in `Plan.tensors`)."""
+
+    enabled: bool = False
+    form: str = "linear"
+    granularity: str = "scalar"
+    scalar: dict = field(default_factory=dict)  # branch -> step -> [a, b]
+
+    @classmethod
+    def of(cls, data: dict | None) -> "Rectification":
+        return cls(**(data or {}))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class Plan:
     """A cached-step policy, and after `fit` its timestep adjustment and rectification.
@@ -126,6 +143,18 @@ class Plan:
     def where(self) -> str:
         """How error messages name this plan: its folder, else its recipe."""
         return f"plan {self.folder}" if self.folder is not None else f"plan (recipe {self.recipe})"
+
+    @property
+    def prediction(self):
+        """The typed predictor (`engine.predict.Predictor`) of the `predictor` entry, on this plan's sigmas."""
+        from .engine.predict import Predictor
+
+        return Predictor.from_plan(self.predictor, self.base_sigmas)
+
+    @property
+    def rectification(self) -> Rectification:
+        """The typed `rectify` entry (disabled when the plan has none)."""
+        return Rectification.of(self.rectify)
 
     def cached_sets(self) -> dict[str, set[int]]:
         """Cached steps per branch as sets."""

@@ -17,11 +17,7 @@ from .errors import UserError
 MAX_PLAN_BYTES = 32 * 1024 * 1024  # plan.json: a few KB for a real plan; bounded so a device cannot fill memory
 MAX_TENSOR_BYTES = 16 * 1024 ** 3  # rectify.safetensors (per-element coefficients of a large video model)
 MAX_STEPS = 10_000
-RESIDUALS = ("hidden", "latent", "velocity")
-KINDS = ("reuse", "extrapolate")
-ABSCISSAE = ("sigma", "index")
-FORMS = ("linear", "sigmoid")
-GRANULARITIES = ("scalar", "channel", "element")
+from .choices import ABSCISSAE, FORMS, GRANULARITIES, KINDS, RESIDUALS  # noqa: E402 (the one table)
 REQUIRED = ("recipe", "recipe_key", "model_id", "steps", "scheduler", "residual", "base_sigmas", "branches",
             "cached_steps", "sample_shape", "calibration")
 FIT_FIELDS = ("adjusted_sigmas", "rectify", "predictor.c", "fit")

@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from ertacli.choices import ABSCISSAE, FORMS, GRANULARITIES, KINDS, ORDERS, RESIDUALS, TOGGLES
 from ertacli.assets import available_recipes, describe_search_path, find_named
 from ertacli.errors import UserError
 from ertacli.limits import MAX_DEPTH, MAX_OVERRIDE_CHARS, MAX_RECIPE_BYTES, depth, read_text_bounded
 from ertacli.prompts import PROMPT_HINT, read_prompt_file  # noqa: F401  (recipe.read_prompt_file: the public name)
 
 PromptKind = Literal["calibration", "eval"]
-Toggle = Annotated[Literal["auto", "on", "off"],  # YAML reads a bare on/off as a boolean: take it back
+Toggle = Annotated[Literal[TOGGLES],  # YAML reads a bare on/off as a boolean: take it back
                    BeforeValidator(lambda v: {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v)]
 RUNTIME_MODEL_FIELDS = ("cpu_offload", "vae_tiling", "vae_slicing", "attention_backend")
 """ModelCfg fields that change memory and speed, not what the model computes (beyond kernel round-off)."""
@@ -107,10 +108,10 @@ class EvalCfg(_Strict):
 class CacheCfg(_Strict):
     """Residual cache settings."""
 
-    residual: Literal["hidden", "latent", "velocity"] = "hidden"
-    predictor: Literal["reuse", "extrapolate"] = "reuse"
-    order: Literal[1, 2] = 1
-    abscissa: Literal["sigma", "index"] = "sigma"
+    residual: Literal[RESIDUALS] = "hidden"
+    predictor: Literal[KINDS] = "reuse"
+    order: Literal[ORDERS] = 1
+    abscissa: Literal[ABSCISSAE] = "sigma"
 
 
 class SearchCfg(_Strict):
@@ -129,8 +130,8 @@ class FitCfg(_Strict):
 
     adjust: Toggle = "auto"
     rectify: Toggle = "auto"
-    rectify_form: Literal["linear", "sigmoid"] = "linear"
-    granularity: Literal["scalar", "channel", "element"] = "scalar"
+    rectify_form: Literal[FORMS] = "linear"
+    granularity: Literal[GRANULARITIES] = "scalar"
     gain: Toggle = "auto"  # only extrapolate plans have a gain to fit
     optimize_placement: bool = False
     placement_trials: int = Field(default=0, ge=0)

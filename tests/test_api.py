@@ -210,3 +210,27 @@ def test_wan_example_script_equals_generate(results, monkeypatch, capsys):
                        load_file(str(gen / "samples" / "000.frames.safetensors"))["frames"])
     assert torch.equal(mine["latents"], load_file(str(gen / "latents.safetensors"))["sample.0"])
     assert f"NFE {dict((b, 10 - len(plan.cached_steps[b])) for b in plan.branches)}" in capsys.readouterr().out
+
+
+def test_search_method_auto_lambda_equals_calibrate(tmp_path_factory):
+    """`ertacache search --method auto --lambda 0.15` and `ertacli.calibrate(method="auto", lam=0.15)` on the same
+    prompts, seeds and settings: one calibration function, the same plan (cached steps, predictor, corrections)."""
+    from ertacli.recipe import read_prompt_file
+
+    sets = ["--set", "sampling.steps=8", "--auto-trials", "4", "-q"]
+    with isolated(tmp_path_factory, "auto-same") as (mp, root):
+        code, _, err = cli(mp, _Capture(), "search", "-m", "tiny-flux", "--method", "auto", "--lambda", "0.15", *sets)
+        assert code == 0, err
+        (search,) = runs(root / "results", "tiny-flux", "search")
+        cli_plan = ertacli.load_plan(search / "plans" / "auto")
+    prompts = read_prompt_file(ROOT / "prompts" / "tiny-calibration.txt")
+    plan = ertacli.calibrate(flux_pipe(), prompts, seeds=[0, 1], lam=0.15, method="auto", auto_trials=4,
+                             prompt_encoder=ertacli.minilm_encoder("flux"), num_inference_steps=8, height=16,
+                             width=16, guidance_scale=3.5)
+    assert plan.method == cli_plan.method == "auto"
+    assert plan.auto["target_cached"] == cli_plan.auto["target_cached"] > 0
+    assert plan.cached_steps == cli_plan.cached_steps and plan.residual == cli_plan.residual
+    assert plan.predictor == cli_plan.predictor
+    assert plan.rectify == cli_plan.rectify and plan.adjusted_sigmas == cli_plan.adjusted_sigmas
+    assert plan.auto["winner"] == cli_plan.auto["winner"]
+    assert plan.auto["holdout_psnr"] == pytest.approx(cli_plan.auto["holdout_psnr"], abs=1e-9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -79,11 +80,11 @@ def test_velocity_profile_is_derived_from_a_hidden_one(auto_env):
     from ertacli.calibration.profile import record_profile
 
     sampler, samples, profile, _ = auto_env
-    rec = record_profile(sampler, samples, "velocity").data
-    got = space_profile(profile.data, "velocity")
-    for b in rec["stats"]:
+    rec = record_profile(sampler, samples, "velocity")
+    got = space_profile(profile, "velocity")
+    for b in rec.stats:
         for key in ("R", "dR"):
-            assert got["stats"][b][key] == pytest.approx(rec["stats"][b][key], rel=1e-4)
+            assert got.stats[b][key] == pytest.approx(rec.stats[b][key], rel=1e-4)
 
 
 def test_auto_beats_or_ties_its_plain_lambda_candidate_and_respects_budget(auto_env, auto_run):
@@ -196,13 +197,13 @@ def test_fit_placement_moves_use_the_fit_part_only(auto_env):
     from ertacli.recipe import CacheCfg
 
     sampler, samples, profile, ident = auto_env
-    plan = search_plan(sampler, samples, profile.data, 0.5, CacheCfg(predictor="extrapolate"), ident)
+    plan = search_plan(sampler, samples, profile, 0.5, CacheCfg(predictor="extrapolate"), ident)
     settings = FitSettings(adjust="off", rectify="off", gain="off", optimize_placement=True, placement_trials=4)
     _, hold = split_holdout(samples, samples.unique_prompts(), 0.25)
     ref = profile.latents.clone()
     ref[hold] = 0.0
-    a, _ = fit_plan(sampler, plan, profile.data, samples, profile.latents, settings, 0.25)
-    b, _ = fit_plan(sampler, plan, profile.data, samples, ref, settings, 0.25)
+    a, _ = fit_plan(sampler, plan, profile, samples, profile.latents, settings, 0.25)
+    b, _ = fit_plan(sampler, plan, profile, samples, ref, settings, 0.25)
     assert a.cached_steps == b.cached_steps and a.placement == b.placement
     assert a.fit["candidates"][0]["holdout_mse"] != b.fit["candidates"][0]["holdout_mse"]
 
@@ -222,25 +223,26 @@ def test_ties_go_to_the_cheaper_then_the_simpler_candidate():
 def test_the_threshold_search_never_sees_the_held_out_part(auto_env):
     """A split profile: its stats are the two parts' sums, and search_plan's placement depends on the fit part only
     (corrupting the held-out part's statistics changes nothing it decides)."""
-    from ertacli.calibration.profile import fit_part, record_profile
+    from ertacli.calibration.profile import Profile, fit_part, record_profile
     from ertacli.calibration.search import search_plan
     from ertacli.recipe import CacheCfg
 
     sampler, samples, whole, ident = auto_env
-    split = record_profile(sampler, samples, "hidden", holdout=0.25).data
+    split = record_profile(sampler, samples, "hidden", holdout=0.25)
     fit_set, fit_prof = fit_part(split, samples, 0.25)
-    assert len(fit_set) == 3 and split["split"]["held_out"] == [3]
-    alone = record_profile(sampler, fit_set, "hidden").data["stats"]
-    for b in split["stats"]:
-        assert fit_prof["stats"][b]["R"] == pytest.approx(alone[b]["R"], rel=1e-5)
-        assert split["stats"][b]["R"] == pytest.approx(whole.data["stats"][b]["R"], rel=1e-5)
+    assert len(fit_set) == 3 and split.split["held_out"] == [3]
+    alone = record_profile(sampler, fit_set, "hidden").stats
+    for b in split.stats:
+        assert fit_prof.stats[b]["R"] == pytest.approx(alone[b]["R"], rel=1e-5)
+        assert split.stats[b]["R"] == pytest.approx(whole.stats[b]["R"], rel=1e-5)
     cfg = CacheCfg(predictor="extrapolate")
     a = search_plan(sampler, samples, split, 0.5, cfg, ident)
-    bent = {**split, "stats": {b: {k: [10 * x for x in v] for k, v in rows.items()} for b, rows in split["stats"].items()}}
+    bent = dataclasses.replace(split, stats={b: {k: [10 * x for x in v] for k, v in rows.items()}
+                                             for b, rows in split.stats.items()})
     b = search_plan(sampler, samples, bent, 0.5, cfg, ident)
     assert a.cached_steps == b.cached_steps and a.search_errors == b.search_errors
     assert a.calibration["digest"] == samples.digest() and a.calibration["searched_samples"] == 3
     with pytest.raises(UserError, match="split with calibration.holdout 0.25"):
         fit_part(split, samples, 0.5)
     with pytest.raises(UserError, match="predates the held-out split"):
-        fit_part({k: v for k, v in split.items() if k != "split"}, samples)
+        Profile.from_json({k: v for k, v in split.to_json().items() if k != "split"})

@@ -28,6 +28,7 @@ from ..plan import Plan, identity_fields
 from ..progress import task
 from .auto_report import PREDICTORS, label, margin_db, save_auto, settings_of, summary  # noqa: F401 (public here)
 from .fit import FitSettings, candidates, resolve_modes, score_candidates
+from .profile import Profile
 from .samples import Samples, split_holdout
 from .schedules import branch_counts, describe, feasible_schedules, schedule_grid
 from .search import Target, cached_for, search_target
@@ -59,16 +60,19 @@ class AutoSettings:
             raise UserError(f"auto searches the hidden and velocity residual spaces, not {bad[0]!r}")
 
 
-def space_profile(data: dict, space: str) -> dict:
+def space_profile(profile: Profile, space: str) -> Profile:
     """Profile statistics in `space`: velocity-space R_k is the call's output v_k, which every profile records."""
-    if space == data["residual"]:
-        return data
+    from dataclasses import replace
+
+    if space == profile.residual:
+        return profile
     if space != "velocity":
-        raise UserError(f"a {data['residual']} profile gives no {space}-space statistics; profile in {space}")
-    stats = {b: dict(rows, R=list(rows["v"]), dR=list(rows["dv"]),
-                     dR_rel=[d / r if r > 0 else 0.0 for d, r in zip(rows["dv"], rows["v"])])
-             for b, rows in data["stats"].items()}
-    return {**data, "residual": "velocity", "stats": stats}
+        raise UserError(f"a {profile.residual} profile gives no {space}-space statistics; profile in {space}")
+    velocity = lambda stats: {b: dict(rows, R=list(rows["v"]), dR=list(rows["dv"]),
+                                      dR_rel=[d / r if r > 0 else 0.0 for d, r in zip(rows["dv"], rows["v"])])
+                              for b, rows in stats.items()}
+    return replace(profile, residual="velocity", stats=velocity(profile.stats),
+                   fit_stats=None if profile.fit_stats is None else velocity(profile.fit_stats))
 
 
 def cache_settings(space: str, pred: str):
@@ -79,19 +83,19 @@ def cache_settings(space: str, pred: str):
     return CacheCfg(residual=space, predictor=kind, order=order, abscissa="sigma")
 
 
-def schedule_plan(profile: dict, identity: dict, fit_set: Samples, space: str, pred: str,
+def schedule_plan(profile: Profile, identity: dict, fit_set: Samples, space: str, pred: str,
                   cached: dict[str, list[int]]) -> Plan:
     """A plan with given cached steps per branch (no threshold search) for one (space, predictor) pair."""
     from ..engine.predict import Predictor, predictor_spec
 
-    spec = Predictor.from_plan(predictor_spec(cache_settings(space, pred)), profile["base_sigmas"]).to_json()
+    spec = Predictor.from_plan(predictor_spec(cache_settings(space, pred)), profile.base_sigmas).to_json()
     return Plan(**identity_fields(identity),
-                steps=profile["steps"], scheduler=profile["scheduler"], residual=space,
-                base_sigmas=profile["base_sigmas"], branches=list(profile["branches"]),
-                cached_steps={b: sorted(cached[b]) for b in profile["branches"]},
-                sample_shape=profile["sample_shape"], predictor=spec, method="schedule",
+                steps=profile.steps, scheduler=profile.scheduler, residual=space,
+                base_sigmas=profile.base_sigmas, branches=list(profile.branches),
+                cached_steps={b: sorted(cached[b]) for b in profile.branches},
+                sample_shape=profile.sample_shape, predictor=spec, method="schedule",
                 calibration={**fit_set.to_json(), "profile_run": identity.get("profile_run")},
-                model_class=profile.get("model_class"))
+                model_class=profile.model_class)
 
 
 def output_psnr(media, ref_media) -> float:
@@ -104,7 +108,7 @@ def output_psnr(media, ref_media) -> float:
 
 def scores(sampler, plan: Plan, samples: Samples, ref) -> tuple[float, float]:
     """(mean PSNR of the decoded outputs, MSE of the final latents) of `plan` on `samples` against the uncached
-    outputs `ref` (a ProfileResult of the same samples)."""
+    outputs `ref` (a Profile of the same samples)."""
     from ..dist import all_sum
     from .passes import apply_controller, calibration_pass
 
@@ -174,17 +178,17 @@ class Context:
 
     sampler: object
     fit_set: Samples
-    fit_profile: object  # ProfileResult of the fit part (hidden space)
+    fit_profile: Profile  # the fit part's (hidden space)
     identity: dict
     target: int
     settings: AutoSettings
     trials: Trials
 
-    def profile(self, space: str) -> dict:
-        return space_profile(self.fit_profile.data, space)
+    def profile(self, space: str) -> Profile:
+        return space_profile(self.fit_profile, space)
 
     def counts(self) -> dict[str, int]:
-        return branch_counts(list(self.fit_profile.data["branches"]), self.target)
+        return branch_counts(list(self.fit_profile.branches), self.target)
 
 
 def lambda_candidate(ctx: Context, space: str, pred: str) -> dict | None:
@@ -319,7 +323,7 @@ def auto_search(sampler, samples: Samples, target_cached: int, identity: dict, s
     fit_set, hold_set = samples.subset(fit_idx), samples.subset(hold_idx)
     fit_profile = record_profile(sampler, fit_set, "hidden")
     hold_ref = record_profile(sampler, hold_set, "hidden")  # the held-out references: outputs and latents
-    branches = list(fit_profile.data["branches"])
+    branches = list(fit_profile.branches)
     cached_for(branches, sampler.steps, len(branches) * sampler.steps - target_cached, identity["recipe"])
     with task(f"auto: {settings.trials} candidates", settings.trials, quiet) as advance:
         ctx = Context(sampler, fit_set, fit_profile, identity, int(target_cached), settings,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ..choices import AUTO_PREDICTORS as PREDICTORS
 from ..plan import Plan
-
-PREDICTORS = {"reuse": ("reuse", 1), "x1": ("extrapolate", 1), "x2": ("extrapolate", 2)}
 
 
 def label(r: dict) -> str:

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 
+from ..choices import TOGGLES as MODES
 from ..errors import UserError
-from ..plan import Plan
+from ..plan import Plan, Rectification
 from .passes import apply_controller, calibration_pass, gather_rows
-from .profile import fit_part
+from .profile import Profile
 from .samples import Samples, split_holdout
-
-MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ def resolve_modes(settings: FitSettings, plan: Plan, scheduler) -> tuple[str, st
     for name, mode in (("--adjust", adjust), ("--rectify", rectify), ("--gain", gain)):
         if mode not in MODES:
             raise UserError(f"{name} must be one of {', '.join(MODES)}, got {mode!r}")
-    extrapolates = plan.predictor.get("kind", "reuse") == "extrapolate"
+    extrapolates = plan.prediction.active
     if gain == "on" and not extrapolates:
         raise UserError("--gain on needs a plan searched with --predictor extrapolate")
     gain = gain if extrapolates else "off"
@@ -61,16 +60,14 @@ def resolve_modes(settings: FitSettings, plan: Plan, scheduler) -> tuple[str, st
     return adjust, rectify, gain
 
 
-def fit_pass(sampler, plan: Plan, profile: dict, samples: Samples, adjust: bool, rectify: bool, gain: bool,
+def fit_pass(sampler, plan: Plan, profile: Profile, samples: Samples, adjust: bool, rectify: bool, gain: bool,
              settings: FitSettings, quiet: bool = True):
     """One lockstep fit pass; returns (controller, final latents)."""
     from ..engine import FitController
-    from ..engine.predict import Predictor
 
-    ctl = FitController(plan.steps, plan.cached_sets(), {b: r["dv"] for b, r in profile["stats"].items()},
+    ctl = FitController(plan.steps, plan.cached_sets(), {b: r["dv"] for b, r in profile.stats.items()},
                         plan.base_sigmas, adjust, rectify, settings.rectify_form, settings.granularity,
-                        sampler.backbone.channel_dim, plan.residual,
-                        Predictor.from_plan(plan.predictor, plan.base_sigmas), gain)
+                        sampler.backbone.channel_dim, plan.residual, plan.prediction, gain)
     idx, mine = samples.mine()
     out = calibration_pass(sampler, ctl, mine, f"fit adjust={adjust} rectify={rectify} gain={gain}", quiet)
     return ctl, gather_rows(idx, out.latents)
@@ -99,7 +96,7 @@ def with_fit(plan: Plan, ctl, adjust: bool, rectify: bool, form: str, granularit
     if gain:
         p.predictor = {**p.predictor, "c": {b: {str(k): c for k, c in sorted(g.items())} for b, g in ctl.gains.items()}}
     p.adjusted_sigmas = list(ctl.schedule.sigmas) if adjust else None
-    p.rectify = {"enabled": rectify, "form": form, "granularity": granularity, "scalar": {}}
+    p.rectify = Rectification(rectify, form, granularity, {}).to_json()
     tensors = {}
     for b, per_step in (ctl.coeffs.items() if rectify else ()):
         for k, (a, c) in per_step.items():
@@ -111,7 +108,7 @@ def with_fit(plan: Plan, ctl, adjust: bool, rectify: bool, form: str, granularit
     return p
 
 
-def score_candidates(sampler, plan: Plan, profile: dict, fit_set: Samples, hold_set: Samples, ref, modes,
+def score_candidates(sampler, plan: Plan, profile: Profile, fit_set: Samples, hold_set: Samples, ref, modes,
                      settings: FitSettings, validate: bool, quiet: bool = True) -> list[dict]:
     """Fit every candidate on the fit part and measure its held-out MSE."""
     results = []
@@ -139,7 +136,7 @@ def choose(results: list[dict], validate: bool) -> dict:
     return best
 
 
-def fit_plan(sampler, plan: Plan, profile: dict, samples: Samples, ref, settings: FitSettings, holdout: float,
+def fit_plan(sampler, plan: Plan, profile: Profile, samples: Samples, ref, settings: FitSettings, holdout: float,
              quiet: bool = True) -> tuple[Plan, object]:
     """Fit every allowed candidate, keep what lowers held-out MSE; returns (fitted plan, its fit-pass latents).
 
@@ -159,7 +156,7 @@ def fit_plan(sampler, plan: Plan, profile: dict, samples: Samples, ref, settings
         from .placement import optimize_placement
 
         plan = optimize_placement(sampler, plan, fit_set, ref[fit_idx], settings.placement_trials or 0, quiet=quiet)
-    fit_profile = fit_part(profile, samples, holdout if validate else None)[1]  # phi's denominators: fit part only
+    fit_profile = profile.fit_part(samples, holdout if validate else None)[1]  # phi's denominators: fit part only
     results = score_candidates(sampler, plan, fit_profile, fit_set, hold_set, ref[hold_idx] if validate else None,
                                candidates(adjust, rectify, gain), settings, validate, quiet)
     best = choose(results, validate)

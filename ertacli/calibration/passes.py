@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..plan import Plan
 from ..progress import task
 from .samples import Samples
-
-if TYPE_CHECKING:
-    from ..plan import Plan
 
 
 def apply_controller(plan: Plan, channel_dim: int, coeffs=None, sigmas=None):
     """The generate-time controller for a plan (optionally with candidate coefficients / sigmas)."""
     from ..engine import ApplyController, LiveSchedule
-    from ..engine.predict import Predictor
 
     schedule = LiveSchedule(plan.base_sigmas, fixed=sigmas) if sigmas is not None else None
-    rect = plan.rectify or {}
-    return ApplyController(plan.steps, plan.cached_sets(), coeffs, rect.get("form", "linear"),
-                           rect.get("granularity", "scalar"), channel_dim, schedule,
-                           plan.residual, Predictor.from_plan(plan.predictor, plan.base_sigmas))
+    rect = plan.rectification
+    return ApplyController(plan.steps, plan.cached_sets(), coeffs, rect.form, rect.granularity, channel_dim, schedule,
+                           plan.residual, plan.prediction)
 
 
 def calibration_pass(sampler, controller, samples: Samples, label: str, quiet: bool = True):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..plan import Plan, identity_fields
 from .passes import calibration_pass
+from .profile import Profile
 from .samples import Samples
 
 
@@ -32,7 +33,7 @@ def check_lambda(lam: float) -> float:
     return float(lam)
 
 
-def search_plan(sampler, samples: Samples, profile: dict, lam: float, cache_cfg, identity: dict,
+def search_plan(sampler, samples: Samples, profile: Profile, lam: float, cache_cfg, identity: dict,
                 quiet: bool = True) -> Plan:
     """One lockstep calibration pass with the threshold decision at lambda; `identity` names the model.
 
@@ -41,27 +42,26 @@ def search_plan(sampler, samples: Samples, profile: dict, lam: float, cache_cfg,
     """
     from ..engine import SearchController
     from ..engine.predict import Predictor, predictor_spec
-    from .profile import fit_part
 
     T = sampler.steps
-    fit_set, fit_profile = fit_part(profile, samples)
-    gt = {b: rows["R"] for b, rows in fit_profile["stats"].items()}
-    pred = Predictor.from_plan(predictor_spec(cache_cfg), profile["base_sigmas"])
+    fit_set, fit_profile = profile.fit_part(samples)
+    gt = {b: rows["R"] for b, rows in fit_profile.stats.items()}
+    pred = Predictor.from_plan(predictor_spec(cache_cfg), profile.base_sigmas)
     ctl = SearchController(T, check_lambda(lam), gt, cache_cfg.residual, pred)
     calibration_pass(sampler, ctl, fit_set.mine()[1], f"search lambda={lam:g}", quiet)
-    branches = list(profile["branches"])
+    branches = list(profile.branches)
     return Plan(
         **identity_fields(identity), steps=T,
-        scheduler=profile["scheduler"], residual=cache_cfg.residual, base_sigmas=profile["base_sigmas"],
+        scheduler=profile.scheduler, residual=cache_cfg.residual, base_sigmas=profile.base_sigmas,
         branches=branches, cached_steps={b: sorted(ctl.cached_steps.get(b, [])) for b in branches},
-        sample_shape=profile["sample_shape"], lam=lam, predictor=pred.to_json(),
+        sample_shape=profile.sample_shape, lam=lam, predictor=pred.to_json(),
         calibration={**samples.to_json(), "searched_samples": len(fit_set), "profile_run": identity.get("profile_run")},
         search_errors={b: {str(k): e for k, e in sorted(ctl.errors[b].items())} for b in branches},
-        model_class=profile.get("model_class"), streams=profile.get("streams"),
+        model_class=profile.model_class, streams=profile.streams,
     )
 
 
-def search_target(sampler, samples: Samples, profile: dict, target: Target, cache_cfg, identity: dict,
+def search_target(sampler, samples: Samples, profile: Profile, target: Target, cache_cfg, identity: dict,
                   iters: int = 12, quiet: bool = True, stop_exact: bool = False) -> Plan:
     """Smallest lambda (bisection) whose plan caches >= N calls or predicts >= X speedup.
 

@@ -77,13 +77,13 @@ def reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def bench_row(job: Job, samples, base_dir: Path, plan_dir: Path, plan) -> dict:
+def bench_row(job: Job, samples, base_dir: Path, plan) -> dict:
     """`plan_row` with the bench's extra columns: fit decisions, peak memory, metrics named missing."""
     from ..runs.artifacts import peak_memory
     from .eval import plan_row
 
     reset_peak(job.device)
-    row = plan_row(job, samples, base_dir, plan_dir, "ertacache")
+    row = plan_row(job, samples, base_dir, plan, "ertacache")
     fit = plan.fit or {}
     metrics = list(job.recipe.eval.metrics)
     scores = {m: "missing" if str(row[m]).startswith("missing:") else row[m] for m in metrics}
@@ -97,24 +97,20 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
     """profile -> search -> fit (validated) -> generate -> eval per lambda; returns (bench run dir, table)."""
     import pandas as pd
 
-    from ..plan import find_plan_dir
     from ..runs.artifacts import write_resources
     from ..runs.tables import save_table
     from .demo import ablation
-    from .fit import run_fit
+    from .fit import fit
     from .generate import run_generate
-    from .profile import run_profile
-    from .search import run_search
+    from .profile import make_profile
+    from .search import search, targets_of
 
     samples = job.eval_samples().take(n_samples or None)  # before any work: more than there are is refused
-    profile_dir = run_profile(job.as_command("profile"))
-    search_dir, summary = run_search(job, lambdas, str(profile_dir))
+    profile = make_profile(job.as_command("profile"))
+    search_dir, _, found = search(job, targets_of(lambdas, None, None, None), profile)
     base_dir = run_generate(job, samples, None)
-    rows = []
-    for rel in summary["plan"]:
-        fit_dir, plan = run_fit(job, str(search_dir / rel))
-        rows.append(bench_row(job, samples, base_dir, find_plan_dir(fit_dir), plan))
-    abl = ablation(job, samples, base_dir, search_dir / summary["plan"][0], profile_dir) if with_ablation else []
+    rows = [bench_row(job, samples, base_dir, fit(job, result.plan, profile)[1]) for result in found]
+    abl = ablation(job, samples, base_dir, found[0].plan, profile) if with_ablation else []
     with job.rundir("bench") as run:
         job.start(run, "bench", samples.seeds)
         missing = {m: why for r in rows for m, why in r.pop("missing").items()}
@@ -123,7 +119,7 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
         if abl:
             save_table(pd.DataFrame(abl), run.path, "ablation")
         run.write_json("bench.json", {"recipe": job.recipe.name, "device": job.device, "lambdas": lambdas,
-                                      "profile": str(profile_dir), "search": str(search_dir),
+                                      "profile": str(profile.run), "search": str(search_dir),
                                       "baseline": str(base_dir), "samples": samples.to_json(),
                                       "rows": rows, "ablation": abl, "missing_metrics": missing})
         write_resources(run, job.device)

@@ -97,24 +97,22 @@ def phi_counts(plan: Plan) -> str | None:
     return f"{ph['zero']}/{ph['partial']}/{ph['one']}" if ph and ph.get("cached") else None
 
 
-def plan_row(job: Job, samples: Samples, base_dir: Path, plan_dir, method: str) -> dict:
-    """`result_row` of a saved plan (checked against this job's model and settings)."""
+def plan_row(job: Job, samples: Samples, base_dir: Path, plan, method: str) -> dict:
+    """`result_row` of a plan (a recorded Plan in memory, or a plan folder), checked against this job's model and
+    settings."""
     from ..plan import check_plan, load_plan
     from ..runs.plan_runner import PlanRunner
 
-    plan = load_plan(plan_dir)
+    plan = plan if isinstance(plan, Plan) else load_plan(plan)
     check_plan(plan, job.run_settings())
     return result_row(job, samples, base_dir, PlanRunner(job.sampler, plan), method, plan)
 
 
 def save_uniform(job: Job, plan: Plan) -> Path:
     """Write the uniform counterpart of `plan` as its own run; returns the plan folder."""
-    from ..calibration.uniform import uniform_plan
+    from ..runs.recorder import record_uniform
 
-    with job.rundir("uniform") as run:
-        job.start(run, "uniform", plan.calibration["seeds"])
-        uniform_plan(plan).save(run.subdir("plan"))
-    return run.final_path / "plan"
+    return record_uniform(job.recorder, plan).folder
 
 
 def teacache_extra(job: Job) -> tuple[dict, str]:
@@ -148,16 +146,18 @@ def peer_row(job: Job, samples: Samples, base_dir: Path, name: str, plan, probe,
             "grid": f"best of {tuned['matched']} matched / {tuned['tried']} tried", "note": note}
 
 
-def peer_rows(job: Job, samples: Samples, base_dir: Path, plan_dir: Path) -> list[dict]:
-    """One row per registered peer (run, or why not) plus a uniform cache, all tuned to the plan's NFE."""
+def peer_rows(job: Job, samples: Samples, base_dir: Path, plan) -> list[dict]:
+    """One row per registered peer (run, or why not) plus a uniform cache, all tuned to the plan's NFE (a Plan
+    in memory, or a plan folder)."""
     from ..evaluation.peer_tuning import probe_refs
     from ..evaluation.peers import PEERS
     from ..plan import load_plan
+    from ..runs.recorder import record_uniform
 
-    plan = load_plan(plan_dir)
+    plan = plan if isinstance(plan, Plan) else load_plan(plan)
     probe = job.calibration().first(2)
     refs = probe_refs(job.sampler, probe, job.recipe.cache.residual)
-    rows = [{**plan_row(job, samples, base_dir, save_uniform(job, plan), "uniform cache"),
+    rows = [{**plan_row(job, samples, base_dir, record_uniform(job.recorder, plan), "uniform cache"),
              "setting": f"{plan.n_cached} cached, evenly spaced", "target_nfe": plan.nfe}]
     return rows + [peer_row(job, samples, base_dir, name, plan, probe, refs) for name in PEERS]
 

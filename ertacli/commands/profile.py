@@ -5,36 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError, require_same
-from ..runs.artifacts import find_run, read_json, save_tensors
+from ..runs.artifacts import find_run, load_tensors, read_json
 from ..runs.job import Job
+from ..runs.recorder import PROFILE_FILE, record_profile
 
-PROFILE_FILE = "profile.json"
+
+def make_profile(job: Job, keep_tensors: bool = False):
+    """Run the calibration batch uncached (the library's profile pass) and record it; returns the Profile (its
+    `run` set to the recorded folder)."""
+    from ..calibration import profile as lib
+
+    profile = lib.record_profile(job.sampler, job.calibration(), job.recipe.cache.residual, keep_tensors, job.quiet,
+                                 holdout=job.recipe.calibration.holdout)
+    profile.recipe, profile.recipe_key = job.recipe.name, job.key
+    record_profile(job.recorder, profile, keep_tensors)
+    return profile
 
 
 def run_profile(job: Job, keep_tensors: bool = False) -> Path:
-    """Run the calibration batch uncached; write statistics, baseline latents and media."""
-    import pandas as pd
-    import torch
-
-    from ..calibration.profile import record_profile
-    from ..runs.media import to_uint8
-    from ..runs.tables import save_table
-
-    samples = job.calibration()
-    with job.rundir("profile") as run:
-        job.start(run, "profile", samples.seeds)
-        res = record_profile(job.sampler, samples, job.recipe.cache.residual, keep_tensors, job.quiet,
-                             holdout=job.recipe.calibration.holdout)
-        stats = res.data["stats"]
-        run.write_json(PROFILE_FILE, {"recipe": job.recipe.name, "recipe_key": job.key, **res.data})
-        save_tensors(run.file("baseline_latents.safetensors"), {"latents": res.latents})
-        save_tensors(run.file("baseline_media.safetensors"), {"media": torch.from_numpy(to_uint8(res.media))})
-        if keep_tensors:
-            save_tensors(run.file("residuals.safetensors"), res.tensors)
-        rows = [{"branch": b, "step": k, **{key: stats[b][key][k] for key in ("R", "dR_rel", "v", "dv")}}
-                for b in stats for k in range(res.data["steps"])]
-        save_table(pd.DataFrame(rows), run.path, "stats")
-    return job.finished(run)
+    """`ertacache profile`: statistics, baseline latents and media in a profile run; returns its path."""
+    return make_profile(job, keep_tensors).run
 
 
 def profile_matches(job: Job):
@@ -44,23 +34,39 @@ def profile_matches(job: Job):
     return lambda d: d.get("recipe_key") == job.key and d.get("calibration", {}).get("digest") == digest and split(d)
 
 
-def load_profile(path: Path | str, job: Job) -> tuple[dict, Path]:
-    """Read a profile run directory and check it belongs to this recipe."""
+def load_profile(path: Path | str, job: Job, data: dict | None = None):
+    """A profile run directory read once: profile.json checked (fields, this recipe's settings key) and its
+    uncached latents and 8-bit outputs; returns the Profile (`run` = the folder). `data`: its profile.json
+    content when the caller has read it already."""
+    from ..calibration.profile import Profile
+
     p = Path(path)
     if not (p / PROFILE_FILE).is_file():
         raise UserError(f"{p} is not a profile run directory (no {PROFILE_FILE}); run `ertacache profile` first")
-    data = read_json(p / PROFILE_FILE)
-    require_same(f"profile {p}", "model/sampling settings key", data.get("recipe_key"), job.key,
-                 f"re-run `ertacache profile --model {job.recipe.name}`")
-    return data, p
+    data = read_json(p / PROFILE_FILE) if data is None else data
+    require_same(f"profile {p}", "model/sampling settings key", data.get("recipe_key") if isinstance(data, dict)
+                 else None, job.key, f"re-run `ertacache profile --model {job.recipe.name}`")
+    profile = Profile.from_json(data, f"profile {p}")
+    profile.latents = load_tensors(p / "baseline_latents.safetensors")["latents"]
+    profile.media = load_tensors(p / "baseline_media.safetensors")["media"]
+    profile.run = p
+    return profile
 
 
-def find_or_make_profile(job: Job, given: str | None) -> tuple[dict, Path]:
-    """--profile DIR, else the newest matching profile in results/, else run one now."""
+def find_or_make_profile(job: Job, given: str | None):
+    """--profile DIR, else the newest matching profile in results/, else one made (and recorded) now."""
     if given:
         return load_profile(given, job)
-    found = find_run(job.recipe.name, "profile", PROFILE_FILE, profile_matches(job))
-    return load_profile(found if found is not None else run_profile(job.as_command("profile")), job)
+    matches, seen = profile_matches(job), {}
+
+    def match(data: dict) -> bool:  # keeps the matching profile.json's content: read once
+        if matches(data):
+            seen["data"] = data
+            return True
+        return False
+
+    found = find_run(job.recipe.name, "profile", PROFILE_FILE, match)
+    return load_profile(found, job, seen["data"]) if found is not None else make_profile(job.as_command("profile"))
 
 
 def memory_estimate(job: Job) -> str | None:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 from ..calibration.samples import Samples
 from ..errors import UserError
-from ..runs.artifacts import load_tensors
 from ..runs.job import Job
 from .eval import peer_rows, plan_row
 
 
-def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path, timed_too: bool = True) -> dict:
+def calibration_quality(job: Job, plan, profile, timed_too: bool = True) -> dict:
     """PSNR of the plan's calibration outputs against the profile's uncached ones (and its paired speedup there)."""
     import torch
 
@@ -20,15 +19,13 @@ def calibration_quality(job: Job, plan_dir: Path, profile_dir: Path, timed_too: 
     from ..calibration.passes import calibration_pass
     from ..runs.plan_runner import PlanRunner
     from ..evaluation.scoring import mean_psnr
-    from ..plan import load_plan
     from ..runs.media import to_uint8
     from .eval import timed
 
-    plan = load_plan(plan_dir)
     samples, sampler = job.calibration(), job.sampler
     out = calibration_pass(sampler, plan_controller(plan, sampler.backbone.channel_dim), samples,
                            "calibration quality", job.quiet)
-    ref = load_tensors(profile_dir / "baseline_media.safetensors")["media"]
+    ref = profile.media_uint8()
     pred = torch.from_numpy(to_uint8(out.media))
     psnr = mean_psnr([p.movedim(-1, -3).float() / 255 for p in pred], [r.movedim(-1, -3).float() / 255 for r in ref],
                      cap=float("inf"))
@@ -56,85 +53,82 @@ def choose(rows: list[dict], pick_speedup: float | None, pick_psnr: float | None
                                                 f"speedup {pick['calib_speedup']:.2f}x", "plan": pick["plan"]}
 
 
-def lambda_rows(job: Job, lambdas: list[float], pdir: Path, samples: Samples, base_dir: Path, compare_peers: bool):
+def lambda_rows(job: Job, lambdas: list[float], profile, samples: Samples, base_dir: Path, compare_peers: bool):
     """One row per lambda (the recipe's method, validated fit), peers at each plan's NFE; (search dir, rows, plans)."""
-    from .search import run_search
+    from .search import search, targets_of
 
     lams = ",".join(str(float(lam)) for lam in lambdas)
-    search_dir, summary = run_search(job.as_command("search", "--profile", pdir, "--lambda", lams), lambdas,
-                                     str(pdir))
+    search_dir, _, found = search(job.as_command("search", "--profile", profile.run, "--lambda", lams),
+                                  targets_of(lambdas, None, None, None), profile)
     ours, peers, plans = [], [], []
-    for rel in summary["plan"]:
-        plan_dir, plan = fitted(job, search_dir / rel)
-        ours.append({**plan_row(job, samples, base_dir, plan_dir, "ertacache"),
-                     **calibration_quality(job, plan_dir, pdir)})
+    for result in found:
+        plan = fitted(job, result.plan, profile)
+        ours.append({**plan_row(job, samples, base_dir, plan, "ertacache"), **calibration_quality(job, plan, profile)})
         plans.append(plan)
         if compare_peers:
-            peers += [{**r, "lambda": plan.lam} for r in peer_rows(job, samples, base_dir, plan_dir)]
+            peers += [{**r, "lambda": plan.lam} for r in peer_rows(job, samples, base_dir, plan)]
     return search_dir, ours, peers, plans
 
 
-def preset_plan(job: Job, name: str, cached: int, profile_dir: Path) -> tuple[Job, Path, object]:
-    """(job with the preset, fitted plan folder, plan) for preset `name` caching >= `cached` calls."""
-    from ..presets import method_overrides
-    from .search import run_search
+def preset_plan(job: Job, name: str, cached: int, profile) -> tuple[Job, object]:
+    """(job with the preset, fitted plan) for preset `name` caching >= `cached` calls."""
+    from ..calibration.run import Target
+    from .search import search
 
-    jv = job.variant(method_overrides(name))
-    made = jv.as_command("search", "--profile", profile_dir, "--cached-steps", cached)
-    search_dir, df = run_search(made, [], str(profile_dir), cached_steps=cached)
-    return (jv, *fitted(jv, search_dir / df["plan"].iloc[0]))
+    jv = job.variant(name)
+    made = jv.as_command("search", "--profile", profile.run, "--cached-steps", cached)
+    _, _, (result,) = search(made, [Target(cached=cached)], profile)
+    return jv, fitted(jv, result.plan, profile)
 
 
-def fitted(job: Job, searched: Path) -> tuple[Path, object]:
-    """(plan folder, plan) after `fit` of a searched plan; an auto plan is already fitted (its corrections were
-    candidates of the search) and is taken as it is."""
-    from ..plan import find_plan_dir, load_plan
-    from .fit import run_fit
+def fitted(job: Job, searched, profile):
+    """The plan after `fit` of a searched plan (recorded as a fit run); an auto plan is already fitted (its
+    corrections were candidates of the search) and is taken as it is."""
+    from .fit import fit
 
     if job.recipe.search.auto:
-        plan_dir = find_plan_dir(searched)
-        return plan_dir, load_plan(plan_dir)
-    fit_dir, plan = run_fit(job.as_command("fit", "--plan", searched), str(searched))
-    return find_plan_dir(fit_dir), plan
+        return searched
+    return fit(job.as_command("fit", "--plan", searched.folder), searched, profile)[1]
 
 
-def matched_rows(job: Job, samples: Samples, base_dir: Path, profile: dict, profile_dir: Path, nfe: int,
-                 presets: list[str], with_peers: bool) -> tuple[list[dict], list]:
-    """Rows at one target NFE: every preset (best on calibration PSNR marked), then the peers; and the plans."""
+def matched_rows(job: Job, samples: Samples, base_dir: Path, profile, nfe: int, presets: list[str],
+                 with_peers: bool) -> tuple[list[dict], list]:
+    """Rows at one target NFE: every preset (best on calibration PSNR marked), then the peers; and the plans of
+    our rows, in their order."""
     from ..calibration.search import cached_for
 
-    cached = cached_for(list(profile["branches"]), job.recipe.sampling.steps, nfe, job.recipe.name,
-                        profile.get("streams"))
+    cached = cached_for(list(profile.branches), job.recipe.sampling.steps, nfe, job.recipe.name, profile.streams)
     ours, plans = [], []
     for name in presets:
-        jv, plan_dir, plan = preset_plan(job, name, cached, profile_dir)
-        row = {**plan_row(jv, samples, base_dir, plan_dir, name),
-               **calibration_quality(jv, plan_dir, profile_dir, timed_too=False)}
+        jv, plan = preset_plan(job, name, cached, profile)
+        row = {**plan_row(jv, samples, base_dir, plan, name),
+               **calibration_quality(jv, plan, profile, timed_too=False)}
         if plan.auto:
             row["setting"] = plan.auto["winner"]["label"]
         ours.append({**row, "target_nfe": nfe, "best_calibrated": False})
         plans.append(plan)
-    best = max(ours, key=lambda r: r["calib_psnr"])
-    best["best_calibrated"] = True
-    peers = peer_rows(job, samples, base_dir, Path(best["plan"])) if with_peers else []
+    best = max(range(len(ours)), key=lambda i: ours[i]["calib_psnr"])
+    ours[best]["best_calibrated"] = True
+    peers = peer_rows(job, samples, base_dir, plans[best]) if with_peers else []
     return ours + [{**r, "target_nfe": nfe} for r in peers], plans
 
 
-def profiled_plans(df) -> list:
+def profiled_plans(rows: list[dict], plans: list) -> list:
     """Plans whose search error the error profile shows: every lambda's, or per NFE the best calibrated one and,
-    when that one was not thresholded (an auto schedule), the best calibrated thresholded preset too."""
-    from ..plan import load_plan
-
-    ours = df[df["method"].astype(str).str.startswith(("ertacache", "auto"))] if "method" in df else df
-    if "best_calibrated" not in ours or "target_nfe" not in ours:
-        return [load_plan(p) for p in ours.get("plan", []) if isinstance(p, str)]
-    out = []
-    for _, g in ours.groupby("target_nfe", sort=False):
-        best = load_plan(g[g["best_calibrated"] == True]["plan"].iloc[0])  # noqa: E712
+    when that one was not thresholded (an auto schedule), the best calibrated thresholded preset too.
+    `rows` are our rows (one per plan, in the order of `plans`)."""
+    if not rows or "target_nfe" not in rows[0]:
+        return list(plans)
+    out, groups = [], {}
+    for row, plan in zip(rows, plans):
+        groups.setdefault(row["target_nfe"], []).append((row, plan))
+    for group in groups.values():
+        best = next(plan for row, plan in group if row["best_calibrated"])
         out.append(best)
-        presets = g[g["method"].astype(str).str.startswith("ertacache")].sort_values("calib_psnr", ascending=False)
-        if not best.search_errors and len(presets):
-            out.append(load_plan(presets["plan"].iloc[0]))
+        presets = sorted((rp for rp in group if str(rp[0]["method"]).startswith("ertacache")),
+                         key=lambda rp: -rp[0]["calib_psnr"])
+        if not best.search_errors and presets:
+            out.append(presets[0][1])
     return out
 
 
@@ -155,17 +149,16 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, pick_
     if nfes and (pick_speedup is not None or pick_psnr is not None):
         raise UserError("--pick-speedup / --pick-psnr choose a lambda; they do not combine with --nfe")
     samples = job.eval_samples().take(max_samples or None)  # before any work: more than there are is refused
-    profile, pdir = find_or_make_profile(job, None)
+    profile = find_or_make_profile(job, None)
     base_dir = run_generate(job, samples, None)
     search_dir, picked = None, None
     if nfes:
-        rows, plans = [], []
+        rows, ours, plans = [], [], []
         for n in nfes:
-            r, p = matched_rows(job, samples, base_dir, profile, Path(pdir), n, presets or list(METHODS),
-                                compare_peers)
-            rows, plans = rows + r, plans + p
+            r, p = matched_rows(job, samples, base_dir, profile, n, presets or list(METHODS), compare_peers)
+            rows, ours, plans = rows + r, ours + r[:len(p)], plans + p
     else:
-        search_dir, ours, peers, plans = lambda_rows(job, lambdas, Path(pdir), samples, base_dir, compare_peers)
+        search_dir, ours, peers, plans = lambda_rows(job, lambdas, profile, samples, base_dir, compare_peers)
         rows, picked = ours + peers, choose(ours, pick_speedup, pick_psnr)
     df = pd.DataFrame(rows)
     with job.rundir("sweep") as run:
@@ -177,9 +170,9 @@ def run_sweep(job: Job, lambdas: list[float], compare_peers: bool = False, pick_
             save_table(goal_cells(df), run.path, "goal")
         plot_pareto(df, run.file("pareto.png"), f"{job.recipe.name}: quality vs measured speedup",
                     tuple(m for m in job.recipe.eval.metrics if m != "digit-acc") or ("psnr",))
-        plot_error_profile(profiled_plans(df), run.file("error_profile.png"),
+        plot_error_profile(profiled_plans(ours, plans), run.file("error_profile.png"),
                            f"{job.recipe.name}: the search error each plan thresholded")
-        run.write_json("sweep.json", {"profile": str(pdir), "search": str(search_dir) if search_dir else None,
+        run.write_json("sweep.json", {"profile": str(profile.run), "search": str(search_dir) if search_dir else None,
                                       "baseline": str(base_dir), "choice": picked, "lambdas": lambdas,
                                       "nfe": list(nfes or []), "methods": presets})
     return run.final_path, df, picked

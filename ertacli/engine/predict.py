@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 HIST = "hist"  # key in BranchState.extra: [(s1, R1), (s2, R2), (s3, R3)], latest computed first
-KINDS = ("reuse", "extrapolate")
-ABSCISSAE = ("sigma", "index")
+from ..choices import ABSCISSAE, KINDS, ORDERS  # noqa: E402 (the one table of allowed values)
 
 
 def newton_term(hist: list, s_k: float, order: int) -> torch.Tensor | None:
@@ -48,7 +47,7 @@ class Predictor:
     base_sigmas: list[float] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.kind not in KINDS or self.order not in (1, 2) or self.abscissa not in ABSCISSAE:
+        if self.kind not in KINDS or self.order not in ORDERS or self.abscissa not in ABSCISSAE:
             raise ValueError(f"predictor: kind {KINDS}, order 1|2, abscissa {ABSCISSAE}; got {self.to_json()}")
         if self.kind == "extrapolate" and self.abscissa == "sigma" and not self.base_sigmas:  # DDIM, DPM: step index
             self.abscissa = "index"

@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-GRANULARITIES = ("scalar", "channel", "element")
-FORMS = ("linear", "sigmoid")
-
 
 def _reduce_dims(shape: torch.Size, granularity: str, channel_dim: int) -> tuple[int, ...]:
     """Axes summed over for a granularity: all (scalar), all but channels (channel), batch only (element)."""

@@ -1,32 +1,31 @@
-"""One command's inputs: the resolved recipe, the device, the loaded pipeline, sample sets and its run directory."""
+"""One command's inputs: the resolved recipe, the device, the loaded pipeline and the sample sets (`Job`), and,
+apart from them, how its runs are recorded (`Recorder`, runs/recorder.py)."""
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..calibration.samples import Samples
 from ..plan import model_id, recipe_key
 from ..recipe import Recipe, read_prompt_file, resolve_recipe
-from .artifacts import write_resources
-from .rundir import RunDir, env_info
+from .recorder import Recorder
+from .rundir import RunDir
 
 
 @dataclass
 class Job:
-    """A command's recipe, device and argv; loads the pipeline once, on first use."""
+    """A command's recipe and device; loads the pipeline once, on first use. `recorder` records its runs."""
 
     recipe: Recipe
     device: str
-    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    recorder: Recorder
     quiet: bool = False
     loaded_pipeline: Any = None
     compile: bool = False
-    model_arg: str | None = None  # --model as given, and every override applied, so a sub-run can name its own
-    sets: list[str] = field(default_factory=list)  # command line (see `as_command`)
+    calibration_set: Samples | None = None  # the calibration prompt file, read once (`calibration()`)
     known_model: dict | None = field(default=None, repr=False)  # the model's identity, once computed
 
     @classmethod
@@ -35,15 +34,19 @@ class Job:
         """Resolve the recipe (preset, then --set), pick the device, join a launched process group."""
         from ..backbones.loader import resolve_device
         from ..dist import WORLD, init, launched, local_device
-        from ..presets import method_overrides
+        from ..presets import get_method, method_overrides
+        from ..recipe import with_overrides
 
-        sets = method_overrides(method) + list(overrides or [])
-        recipe = resolve_recipe(model, sets)
+        if method is None:
+            recipe = resolve_recipe(model, list(overrides or []))
+        else:  # the preset's typed settings over the recipe, then --set
+            recipe = with_overrides(get_method(method).apply(resolve_recipe(model)), list(overrides or []))
         dev = local_device(device or ("cuda" if launched() and _cuda() else None) or resolve_device(None))
         dev = resolve_device(dev)
         init(dev)
-        return cls(recipe, dev, list(argv if argv is not None else sys.argv), quiet or not WORLD.main,
-                   model_arg=str(model), sets=sets)
+        rec = Recorder(recipe, dev, list(argv if argv is not None else sys.argv), str(model),
+                       method_overrides(method) + list(overrides or []))
+        return cls(recipe, dev, rec, quiet or not WORLD.main)
 
     @property
     def loaded(self):
@@ -66,24 +69,18 @@ class Job:
         sampler.compile = self.compile or sampler.compile
         return sampler
 
-    def variant(self, overrides: list[str]) -> "Job":
-        """This job with recipe overrides on top (e.g. a method preset), sharing the loaded pipeline."""
-        from ..recipe import with_overrides
+    def variant(self, method: str) -> "Job":
+        """This job with a method preset applied over its recipe, sharing the loaded pipeline."""
+        from ..presets import get_method, method_overrides
 
-        return Job(with_overrides(self.recipe, overrides), self.device, self.argv, self.quiet, self.loaded,
-                   self.compile, self.model_arg, self.sets + list(overrides))
+        m = get_method(method)
+        rec = replace(self.recorder, recipe=m.apply(self.recipe), sets=self.recorder.sets + method_overrides(method))
+        return replace(self, recipe=rec.recipe, loaded_pipeline=self.loaded, recorder=rec)
 
     def as_command(self, command: str, *args: str) -> "Job":
-        """This job recording, for a run it makes inside another command (a sweep's profile, search, fit,
-        TeaCache fit), the command line that makes that run on its own, so `reproduce` re-runs just that."""
-        from dataclasses import replace
-
-        if self.model_arg is None or self.argv[1:2] == [command]:
-            return self
-        argv = [self.argv[0] if self.argv else "ertacache", command, "--model", self.model_arg]
-        for s in self.sets:
-            argv += ["--set", s]
-        return replace(self, argv=argv + [str(a) for a in args], loaded_pipeline=self.loaded)
+        """This job recording its runs with the command line that makes them alone (`Recorder.as_command`)."""
+        rec = self.recorder.as_command(command, *args)
+        return self if rec is self.recorder else replace(self, loaded_pipeline=self.loaded, recorder=rec)
 
     @property
     def model_identity(self) -> dict:
@@ -110,13 +107,18 @@ class Job:
     def identity(self, profile_run: str | Path | None = None) -> dict:
         """How plans made by this job name their model and settings (recipe, settings key, model id, the model
         by content, the settings in the user's terms, the command, profile run)."""
-        command = f"ertacache {self.argv[1]}" if len(self.argv) > 1 else "ertacache"
+        argv = self.recorder.argv
+        command = f"ertacache {argv[1]}" if len(argv) > 1 else "ertacache"
         return {"recipe": self.recipe.name, "recipe_key": self.key, "model_id": model_id(self.recipe),
                 "settings": self.run_settings().to_json(), "model": self.model_identity, "made_by": command,
                 "profile_run": str(profile_run) if profile_run is not None else None}
 
     def calibration(self) -> Samples:
-        return Samples.grid(self.recipe.read_prompts("calibration"), list(self.recipe.calibration.seeds))
+        """The recipe's calibration prompts x seeds (the prompt file read once per job)."""
+        if self.calibration_set is None:
+            self.calibration_set = Samples.grid(self.recipe.read_prompts("calibration"),
+                                                list(self.recipe.calibration.seeds))
+        return self.calibration_set
 
     def eval_samples(self, prompts: list[str] | None = None, prompts_file: str | None = None,
                      seeds: list[int] | None = None) -> Samples:
@@ -135,49 +137,16 @@ class Job:
         """The recipe's paired-timing settings: alternated rounds and samples per round."""
         return {"rounds": self.recipe.eval.timing_rounds, "n_samples": self.recipe.eval.timing_samples}
 
+    # recording: the recorder's (kept here for the commands that record through their job)
     def rundir(self, command: str, resumable: bool = False, existing: str | Path | None = None,
                shared: bool = False) -> RunDir:
-        """Rank 0 owns the run directory; other ranks write into the same one (shared) or into scratch."""
-        import tempfile
-
-        from ..dist import WORLD, broadcast
-
-        lead = RunDir(self.recipe.name, command, self.argv, resumable=resumable, existing=existing)
-        if not WORLD.active:
-            return lead
-        path = broadcast(str(lead.tmp_path))
-        if WORLD.main:
-            return lead
-        where = path if shared else tempfile.mkdtemp(prefix=f"ertacache-rank{WORLD.rank}-")
-        return RunDir(self.recipe.name, command, self.argv, existing=where, lead=False)
+        return self.recorder.rundir(command, resumable, existing, shared)
 
     def finished(self, run: RunDir) -> Path:
-        """The run's final path on every rank (rank 0 renamed it); a follower's scratch folder is removed."""
-        import shutil
-
-        from ..dist import WORLD, barrier, broadcast
-
-        if not WORLD.active:
-            return run.final_path
-        barrier()
-        if not WORLD.main and Path(run.tmp_path).name.startswith("ertacache-rank"):
-            shutil.rmtree(run.tmp_path, ignore_errors=True)
-        return Path(broadcast(str(run.final_path) if WORLD.main else None))
+        return self.recorder.finished(run)
 
     def start(self, run: RunDir, command: str, seeds: list[int]) -> None:
-        """The files every run directory holds: resolved recipe, exact command line, environment (rank 0)."""
-        from ..dist import WORLD
-
-        if not WORLD.main:
-            return
-        if str(self.device).startswith("cuda"):
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-        run.on_finish.append(lambda: write_resources(run, self.device))
-        run.write_text("recipe.yaml", self.recipe.to_yaml(absolute_paths=True))
-        run.write_json("argv.json", {"argv": self.argv, "cwd": os.getcwd(), "command": command})
-        run.write_json("env.json", env_info(self.device, self.recipe.model.dtype, seeds))
+        self.recorder.start(run, command, seeds)
 
 
 def _cuda() -> bool:
