@@ -16,8 +16,7 @@ import ertacli
 from ertacli.backbones import tiny_zoo
 
 PROMPTS = ["a red fox", "a blue bird"]
-UNSUPPORTED = {"lumina2": "the engine's call clock (engine/config.py progress_of) reads Lumina2's rising timestep "
-                           "(1 - t) as a new pipeline call at every step"}
+UNSUPPORTED: dict[str, str] = {}  # family -> why it fails (an expected failure until fixed)
 # Streams each family's call runs: cache_context names, else one stream per call position in a step.
 BRANCHES = {"flux": ["cond"], "wan2.1-t2v": ["cond", "uncond"], "sd3": ["cond_uncond"],
             "chroma": ["cond_uncond", "call1"], "lumina2": ["cond_uncond", "call1"], "cogview4": ["cond", "uncond"],
