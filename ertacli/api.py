@@ -57,7 +57,7 @@ def _config(cfg: dict) -> dict:
 
 
 class CallCheck:
-    """Checks the first computed call of each branch against the plan; raises PlanMismatch naming the setting.
+    """Checks each stream's first call in a pipeline call against the plan; raises PlanMismatch naming the setting.
 
     What the call is made of (model class and config, pipeline, dtype, steps, guidance) goes through the same
     `plan_settings.check_settings` as the CLI's `--plan` check, with the same messages; then the branch, the
@@ -80,7 +80,7 @@ class CallCheck:
 
     def __call__(self, call, output) -> None:
         try:
-            self._check(call.branch, list(output.shape[1:]))
+            self._check(call.branch, list(output.shape[1:]), call.k)
         except PlanMismatch:
             from .engine import reset_ertacache
 
@@ -99,7 +99,7 @@ class CallCheck:
                            guidance_scale=float(guidance) if isinstance(guidance, (int, float)) else None,
                            guidance=self.guidance, dtype=self.model["dtype"], model=self.model)
 
-    def _check(self, branch: str, shape: list[int]) -> None:
+    def _check(self, branch: str, shape: list[int], step: int = 0) -> None:
         from .plan_settings import check_settings, size_mismatch
 
         p, what = self.plan, self.plan.where
@@ -110,6 +110,10 @@ class CallCheck:
         if branch not in p.branches:
             raise PlanMismatch(f"{what} has branches {p.branches}, this call runs branch {branch!r} (guidance or "
                                f"negative prompt differ): {REDO}")
+        first = int((p.streams or {}).get(branch, (0,))[0])
+        if step != first:  # Wan2.2: the experts switch at another step than the plan's
+            raise PlanMismatch(f"{what} runs stream {branch!r} from step {first}, this call from step {step} (the "
+                               f"pipeline switches denoisers elsewhere: boundary_ratio differs?): {REDO}")
         want = p.sample_shape.get(branch)
         if want is not None and list(want) != shape:  # before the sigmas, which a resolution-dependent shift moves
             raise PlanMismatch(size_mismatch(what, p.settings, self.layout, list(want), shape))

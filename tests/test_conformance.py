@@ -16,8 +16,7 @@ import ertacli
 from ertacli.backbones import tiny_zoo
 
 PROMPTS = ["a red fox", "a blue bird"]
-UNSUPPORTED = {"lumina2": "the engine's call clock (engine/config.py progress_of) reads Lumina2's rising timestep "
-                           "(1 - t) as a new pipeline call at every step"}
+UNSUPPORTED: dict[str, str] = {}  # family -> why it fails (an expected failure until fixed)
 # Streams each family's call runs: cache_context names, else one stream per call position in a step.
 BRANCHES = {"flux": ["cond"], "wan2.1-t2v": ["cond", "uncond"], "sd3": ["cond_uncond"],
             "chroma": ["cond_uncond", "call1"], "lumina2": ["cond_uncond", "call1"], "cogview4": ["cond", "uncond"],
@@ -112,6 +111,43 @@ def test_wan22_moe(tiny, tmp_path):
     assert ertacli.load_plan(tmp_path / "plan").nfe == steps
     ertacli.disable_cache(tiny.pipe)
     assert torch.equal(_run(tiny), ref)
+
+
+@pytest.mark.parametrize("tiny", ["wan2.2-moe"], indirect=True)
+def test_wan22_moe_checks_every_stream(tiny):
+    """The plan check runs at each stream's own first call: the low-noise expert's streams (first call at a later
+    step) are checked too, so a plan whose low-expert stream mismatches is refused, not run half-checked."""
+    from dataclasses import replace
+
+    plan0 = _calibrate(tiny, lam=0.0)
+    first_low = plan0.streams["low/cond"][0]
+    assert first_low > 0
+    calls = {"high": 0, "low": 0}
+    for name, attr in (("high", "transformer"), ("low", "transformer_2")):
+        getattr(tiny.pipe, attr).register_forward_pre_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    shape = plan0.sample_shape["low/uncond"]
+    wrong = [shape[0]] + [2 * n for n in shape[1:]]
+    bad_shape = replace(plan0, sample_shape={**plan0.sample_shape, "low/uncond": wrong})
+    ertacli.enable_cache(tiny.pipe, bad_shape)
+    with pytest.raises(ertacli.PlanMismatch, match="size|height|width|frames"):
+        _run(tiny)
+    assert calls == {"high": 2 * first_low, "low": 2}  # refused at low/uncond's first call, the expert's second
+    keep = [b for b in plan0.branches if b != "low/uncond"]
+    no_low_uncond = replace(plan0, branches=keep, cached_steps={b: plan0.cached_steps.get(b, []) for b in keep},
+                            sample_shape={b: plan0.sample_shape[b] for b in keep},
+                            streams={b: plan0.streams[b] for b in keep})
+    ertacli.enable_cache(tiny.pipe, no_low_uncond)
+    with pytest.raises(ertacli.PlanMismatch, match="this call runs branch 'low/uncond'"):
+        _run(tiny)
+    ertacli.enable_cache(tiny.pipe, plan0)  # the plan as made runs
+    _run(tiny)
+    assert ertacli.last_call_stats(tiny.pipe)["nfe"] == plan0.nfe
+    # the experts switch a step later than the plan says (another boundary_ratio): refused at low/cond's first call
+    sigmas = tiny.pipe.scheduler.sigmas
+    tiny.pipe.register_to_config(boundary_ratio=float(sigmas[first_low] + sigmas[first_low + 1]) / 2)
+    with pytest.raises(ertacli.PlanMismatch, match=rf"stream 'low/cond' from step {first_low}, this call from "
+                                                   rf"step {first_low + 1}"):
+        _run(tiny)
 
 
 class OtherExpert(torch.nn.Module):

@@ -370,15 +370,57 @@ def _ticks(clock, calls):
     return [clock.tick(stream, p) for stream, p in calls]
 
 
+def _t(t):
+    from ertacli.engine.config import Progress
+
+    return Progress(None, False, t)
+
+
+def _i(i, t=None):
+    from ertacli.engine.config import Progress
+
+    return Progress(i, True, t)
+
+
 def test_call_clock_from_timesteps_two_streams():
     """CFG streams share a timestep per step; the timestep going back up starts a new call (once, for all)."""
     from ertacli.engine import CallClock
 
     ctl = _Ctl(3)
     clock = CallClock(ctl)
-    one = [(b, (-t, False)) for t in (900.0, 500.0, 100.0) for b in ("cond", "uncond")]
+    one = [(b, _t(t)) for t in (900.0, 500.0, 100.0) for b in ("cond", "uncond")]
     assert _ticks(clock, one + one + one[:4] + one) == [1] * 6 + [2] * 6 + [3] * 4 + [4] * 6
     assert ctl.begun == 4  # the third call was abandoned after two steps and the fourth still starts afresh
+    assert clock.direction == -1
+
+
+def test_call_clock_rising_timesteps():
+    """Lumina2 passes 1 - t: a timestep rising through the call. Three calls are three, with steps 0, 1, 2 each."""
+    from ertacli.engine import CallClock
+
+    ctl = _Ctl(3)
+    clock = CallClock(ctl)
+    seen = []
+    for _ in range(3):
+        for t in (0.0, 0.4, 0.8):
+            for b in ("cond_uncond", "call1"):
+                seen.append((clock.tick(b, _t(t)), clock.steps(b) - 1))
+    assert seen == [(c, k) for c in (1, 2, 3) for k in (0, 1, 2) for _ in range(2)]
+    assert ctl.begun == 3 and clock.direction == 1
+    # a call abandoned after two steps: the next call still starts afresh, in the learned direction
+    assert _ticks(clock, [("cond_uncond", _t(0.0)), ("cond_uncond", _t(0.4)), ("cond_uncond", _t(0.0))]) == [4, 4, 5]
+
+
+def test_call_clock_scheduler_index_over_timesteps():
+    """The scheduler's step index decides where the timestep does not: timesteps in no order, -1 before step one."""
+    from ertacli.engine import CallClock
+    from ertacli.engine.config import Progress
+
+    clock = CallClock(_Ctl(4))
+    ts = (0.5, 0.9, 0.1, 0.7)  # not monotone in either direction
+    call = [(b, Progress(i if i else -1, i == 0, t)) for i, t in enumerate(ts) for b in ("cond", "uncond")]
+    assert _ticks(clock, call + call + call[:2] + call) == [1] * 8 + [2] * 8 + [3] * 2 + [4] * 8
+    assert clock.direction is None  # the index always decided
 
 
 def test_call_clock_step_index_and_two_transformers():
@@ -387,21 +429,27 @@ def test_call_clock_step_index_and_two_transformers():
 
     ctl = _Ctl(4)
     clock = CallClock(ctl)
-    call = [(f"{'high' if i < 2 else 'low'}/{b}", (float(i), True)) for i in range(4) for b in ("cond", "uncond")]
+    call = [(f"{'high' if i < 2 else 'low'}/{b}", _i(i)) for i in range(4) for b in ("cond", "uncond")]
     assert _ticks(clock, call + call) == [1] * 8 + [2] * 8
     # a one-step loop that gives its step index: every call is a new one
-    assert _ticks(CallClock(_Ctl(1)), [("cond", (0.0, True))] * 3) == [1, 2, 3]
+    assert _ticks(CallClock(_Ctl(1)), [("cond", _i(0))] * 3) == [1, 2, 3]
 
 
 def test_progress_of_a_call():
-    """The step index when the pipeline gives one; else minus the largest timestep (per-token timesteps too)."""
-    from ertacli.engine.config import progress_of
+    """The step index when the pipeline gives one, else the scheduler's; the mean timestep (per-token too)."""
+    from types import SimpleNamespace
+
+    from ertacli.engine.config import Progress, progress_of
 
     per_token = torch.tensor([[0.0, 700.0, 700.0], [0.0, 700.0, 700.0]])  # Wan2.2 TI2V: first frame at t=0
-    assert progress_of(None, {"timestep": per_token}) == (-700.0, False)
-    assert progress_of(None, {"timestep": 500}) == (-500.0, False)
-    assert progress_of(3, {"timestep": per_token}) == (3.0, True)
+    assert progress_of(None, {"timestep": per_token}) == Progress(None, False, pytest.approx(1400 / 3))
+    assert progress_of(None, {"timestep": 500}) == Progress(None, False, 500.0)
+    assert progress_of(3, {"timestep": torch.tensor([500.0])}) == Progress(3, True, 500.0)
     assert progress_of(None, {}) is None
+    fresh, stepped = SimpleNamespace(step_index=None), SimpleNamespace(step_index=2)
+    assert progress_of(None, {"timestep": 500}, fresh) == Progress(-1, True, 500.0)
+    assert progress_of(None, {}, stepped) == Progress(2, False, None)
+    assert progress_of(None, {"timestep": 500}, SimpleNamespace()) == Progress(None, False, 500.0)  # keeps none
 
 
 def test_call_clock_without_progress_counts_steps():
@@ -409,11 +457,11 @@ def test_call_clock_without_progress_counts_steps():
     from ertacli.engine import CallClock
 
     assert _ticks(CallClock(_Ctl(2)), [("default", None)] * 5) == [1, 1, 2, 2, 3]
-    assert _ticks(CallClock(_Ctl(2)), [("default", (-1.0, False))] * 3) == [1, 1, 1]  # the controller refuses k=2
+    assert _ticks(CallClock(_Ctl(2)), [("default", _t(1.0))] * 3) == [1, 1, 1]  # the controller refuses k=2
     clock = CallClock(_Ctl(2))
-    _ticks(clock, [("default", (-1.0, False))])
+    _ticks(clock, [("default", _t(1.0))])
     clock.end()  # diffusers' reset (or Session.fresh)
-    assert _ticks(clock, [("default", (-1.0, False))]) == [2]
+    assert _ticks(clock, [("default", _t(1.0))]) == [2]
 
 
 def test_private_helpers_still_behave(tiny_flux):

@@ -15,63 +15,114 @@ RESIDUALS = ("hidden", "latent", "velocity")
 DEFAULT_BRANCH = "default"
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where one transformer call is in the denoising loop (docs/method.md "Where a pipeline call starts")."""
+
+    index: int | None = None   # the step index: cache_context's, else the scheduler's (-1 before its first step)
+    exact: bool = False        # a stream never sees this index twice in one pipeline call
+    t: float | None = None     # the call's timestep (mean over its elements), in the pipeline's own direction
+
+
 class CallClock:
     """Counts pipeline calls; shared by every transformer a controller drives (one `begin()` per pipeline call).
 
-    Each transformer call reports its stream and its progress p in the denoising loop (the `cache_context`
-    step_index when the pipeline gives one, else minus the largest timestep). A new pipeline call starts when
-    p went back below the latest progress of any stream or of this stream, when a step index repeats, when a
-    call without either comes after the stream's T calls, or after `end()` (diffusers' reset, `Session.fresh`).
+    Each transformer call reports its stream and its `Progress`. A new pipeline call starts when the call lies
+    before the latest call of any stream or of this stream (step index lower, else the timestep gone back against
+    the direction learned from a stream's first two timesteps), when a stream sees an exact step index again,
+    when a call without step index or timestep comes after the stream's T calls, or after `end()` (diffusers'
+    reset, `Session.fresh`, a call that raised).
     """
 
     def __init__(self, controller):
         self.controller = controller
         self.call = 0                  # id of the pipeline call in flight
         self.ended = True              # the next transformer call starts a new pipeline call
-        self.last: float | None = None                    # progress of the latest transformer call, any stream
-        self.seen: dict[str, tuple[float | None, int]] = {}   # stream -> (its last progress, its calls) this call
+        self.direction: int | None = None    # +1 timesteps rise through a call, -1 they fall; None: not seen yet
+        self.last: Progress | None = None    # progress of the latest transformer call, any stream
+        self.seen: dict[str, tuple[Progress | None, int]] = {}   # stream -> (its last progress, its calls) this call
 
     def end(self) -> None:
         self.ended = True
 
-    def tick(self, stream: str, progress: tuple[float, bool] | None) -> int:
-        """Account one transformer call of `stream`; returns the id of the pipeline call it belongs to.
+    def steps(self, stream: str) -> int:
+        """How many calls `stream` made in the pipeline call in flight."""
+        return self.seen.get(stream, (None, 0))[1]
 
-        `progress` is (p, exact): exact when p is the pipeline's step index (a stream never repeats it in a call).
-        """
+    def tick(self, stream: str, progress: Progress | None) -> int:
+        """Account one transformer call of `stream`; returns the id of the pipeline call it belongs to."""
         if self.ended or self._restarted(stream, progress):
             self.call += 1
             self.ended, self.last = False, None
             self.seen.clear()
             self.controller.begin()
-        p = None if progress is None else progress[0]
-        self.seen[stream] = (p, self.seen.get(stream, (None, 0))[1] + 1)
-        if p is not None:
-            self.last = p
+        self.seen[stream] = (progress, self.steps(stream) + 1)
+        if progress is not None:
+            self.last = progress
         return self.call
 
-    def _restarted(self, stream: str, progress: tuple[float, bool] | None) -> bool:
-        p, exact = progress if progress is not None else (None, False)
-        if stream not in self.seen:
-            return p is not None and self.last is not None and p < self.last
+    def _restarted(self, stream: str, cur: Progress | None) -> bool:
+        if stream not in self.seen:  # another stream ran later in the loop: this call starts a new one
+            return cur is not None and self.last is not None and bool(self._before(cur, self.last, learn=False))
         prev, count = self.seen[stream]
-        if p is None or prev is None:
-            return count >= self.controller.T
-        return p < prev or (exact and p == prev)
+        if cur is not None and prev is not None:
+            if cur.exact and prev.exact and cur.index == prev.index:
+                return True
+            before = self._before(cur, prev, learn=count < self.controller.T)
+            if before is not None:
+                return before
+        return count >= self.controller.T
+
+    def _before(self, cur: Progress, prev: Progress, learn: bool) -> bool | None:
+        """Whether `cur` lies before `prev` in the loop; None when neither its index nor its timestep says.
+
+        With no direction seen yet, a stream's second timestep (`learn`) sets it and is not before its first.
+        """
+        if cur.index is not None and prev.index is not None and cur.index != prev.index:
+            return cur.index < prev.index
+        if cur.t is None or prev.t is None:
+            return None
+        if cur.t == prev.t:
+            return False
+        if self.direction is None:
+            if not learn:
+                return None
+            self.direction = 1 if cur.t > prev.t else -1
+            return False
+        return (cur.t - prev.t) * self.direction < 0
 
 
-def progress_of(step_index: int | None, kwargs: dict) -> tuple[float, bool] | None:
-    """(p, exact): where a transformer call is in the denoising loop, p growing through a pipeline call.
+def scheduler_index(scheduler) -> int | None:
+    """The scheduler's step index (-1 before the first `step()` of a call); None when it keeps none."""
+    try:
+        index = scheduler.step_index
+    except AttributeError:
+        return None
+    if index is None:
+        return -1
+    return int(index) if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.numel() == 1) else None
 
-    The pipeline's `cache_context` step index when it gives one (exact), else minus the call's largest timestep
-    (the timestep falls from step to step; equal timesteps do not start a new call); None without either.
+
+def progress_of(step_index: int | None, kwargs: dict, scheduler=None) -> Progress | None:
+    """Where a transformer call is in the denoising loop; None when nothing says.
+
+    The index is the pipeline's `cache_context` step index (exact) when it gives one, else the step index of the
+    pipeline's scheduler when the engine knows the pipeline (exact before the scheduler's first step: every new
+    call passes there). The timestep is the mean of the call's `timestep` (per-token timesteps too).
     """
-    if step_index is not None:
-        return float(step_index), True
     t = kwargs.get("timestep")
-    if isinstance(t, torch.Tensor) and t.numel():
-        return -float(t.detach().max()), False
-    return (-float(t), False) if isinstance(t, (int, float)) else None
+    if isinstance(t, torch.Tensor):
+        t = float(t.detach().double().mean()) if t.numel() else None
+    elif isinstance(t, (int, float)):
+        t = float(t)
+    else:
+        t = None
+    if step_index is not None:
+        return Progress(int(step_index), True, t)
+    index = scheduler_index(scheduler) if scheduler is not None else None
+    if index is None and t is None:
+        return None
+    return Progress(index, index == -1, t)
 
 
 @dataclass
@@ -93,6 +144,7 @@ class ErtaCacheConfig:
     compile: bool = False                     # torch.compile each block class's own forward once (latent: the model)
     compiled: Callable[[], bool] | None = None  # also compile when this says the user compiled the model
     clock: CallClock | None = field(default=None, repr=False)
+    scheduler: Callable[[], Any] | None = field(default=None, repr=False)  # the pipeline's scheduler at call time
 
     def __post_init__(self) -> None:
         if self.residual not in RESIDUALS:

@@ -24,8 +24,9 @@ def l1(t: torch.Tensor) -> float:
 class Controller:
     """Base: per-call counters of full (NFE) and cached transformer calls per branch.
 
-    `check(call, output)`, when set, sees the first computed call of every branch in a pipeline call (step 0) and
-    may raise (e.g. a plan made for another model). The engine calls `begin()` when it sees a pipeline call start
+    `check(call, output)`, when set, sees every stream's first call in a pipeline call (always computed; step 0,
+    or later for a stream that starts later, as Wan2.2's low-noise expert) and may raise (e.g. a plan made for
+    another model). The engine calls `begin()` when it sees a pipeline call start
     (`CallClock`); the counters stay readable until then.
     """
 
@@ -63,7 +64,7 @@ class Controller:
         self._remember(call)
         self.nfe[call.branch] += 1
         self.shapes[call.branch] = list(v.shape[1:])
-        if call.k == 0 and self.check is not None:
+        if call.state.step == 1 and self.check is not None:  # the stream's first call in this pipeline call
             self.check(call, v)
         return v
 

@@ -147,7 +147,8 @@ class StepHook(ModelHook):
     @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         cfg, stream = self.config, self.states.stream
-        call_id = cfg.clock.tick(stream, progress_of(self.states.step_index, kwargs))
+        scheduler = cfg.scheduler() if cfg.scheduler is not None else None
+        call_id = cfg.clock.tick(stream, progress_of(self.states.step_index, kwargs, scheduler))
         state: BranchState = self.states.current()
         if state.call != call_id:
             state.reset()

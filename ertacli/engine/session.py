@@ -59,12 +59,17 @@ class Session:
                                   getattr(backbone, "stream_prefixes", ("",))))
         self.denoisers = tuple(denoisers)
         attr, prefix = self.denoisers[0]
-        self.config = backbone_config(backbone, controller, micro_batch, compile, self._compiled(attr), prefix)
+        self.config = replace(backbone_config(backbone, controller, micro_batch, compile, self._compiled(attr), prefix),
+                              scheduler=self._live_scheduler)  # its step index tells where a call starts
         self.configs = [self.config] + [replace(self.config, stream_prefix=p, compiled=self._compiled(a))
                                         for a, p in self.denoisers[1:]]  # replace keeps the controller and clock
         self.transformer = None   # the first denoiser, unwrapped: where the API finds this session
         self.hooked: list = []
         self._scheduler = None
+
+    def _live_scheduler(self):
+        """The pipeline's scheduler at the time of a transformer call (the planned one while this session runs)."""
+        return getattr(self.pipe, "scheduler", None)
 
     def _compiled(self, attr: str):
         """Whether the pipeline's `attr` is, at the time of a call, compiled by the user (wrapper or `.compile()`)."""
