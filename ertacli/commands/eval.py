@@ -125,7 +125,8 @@ def teacache_extra(job: Job) -> tuple[dict, str]:
     from .teacache_fit import find_or_make_teacache
 
     fit, path = find_or_make_teacache(job)
-    return {"teacache": fit}, f"{fit['input']}; coefficients {path} (R2 {fit['r2']:.3f}, {fit['points']} points)"
+    return {"teacache": fit}, (f"{fit['input']}; coefficients from teacache-fit run {path.parent.name} "
+                               f"(R2 {fit['r2']:.3f}, {fit['points']} points)")
 
 
 PEER_INPUTS = {"TeaCache": teacache_extra}
@@ -144,6 +145,9 @@ def peer_row(job: Job, samples: Samples, base_dir: Path, name: str, plan, probe,
     try:
         extra, note = PEER_INPUTS[name](job) if name in PEER_INPUTS else ({}, PEERS[name].note)
         tuned = tune_peer(job.sampler, name, plan.nfe, probe, refs, extra)
+        if tuned.get("unreached"):
+            return {"method": name, "target_nfe": plan.nfe, "note": tuned["unreached"],
+                    "grid": f"none matched / {tuned['tried']} tried"}
         row = result_row(job, samples, base_dir, PeerRunner(job.sampler, name, tuned["setting"], tuned["extra"]), name)
     except (RuntimeError, ValueError, TypeError, AttributeError, UserError) as exc:
         return {"method": name, "target_nfe": plan.nfe, "note": f"not run: {str(exc).splitlines()[0]}"}

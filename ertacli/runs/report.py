@@ -113,8 +113,8 @@ def compact(df: "pd.DataFrame") -> "pd.DataFrame":
         **cpu,
         "PSNR": col("psnr", 2), "SSIM": col("ssim", 4), "LPIPS": col("lpips", 4), "digit-acc": col("digit-acc", 3),
         "calibration PSNR": col("calib_psnr", 2),
-        "note": [r["note"] if isinstance(r.get("note"), str) and r["note"].startswith("not run") else ""
-                 for r in recs]})
+        "note": [r["note"] if isinstance(r.get("note"), str) and r["note"].startswith(("not run", "no setting"))
+                 else "" for r in recs]})
 
 
 def render(run_dir: str | Path, goal_db: float = 1.0) -> str:
