@@ -84,3 +84,20 @@ def test_placement_moves_into_the_last_step_only_when_allowed():
     assert move(T, [5, 7], 6, 7, 1, T - 1) == [5, 6]  # and move it back
     assert movable(plan_of(T, {"cond": [2]}), "cond", True) == (1, T - 1)
     assert movable(plan_of(T, {"cond": [2]}), "cond", False) == (1, T - 2)
+
+
+def test_the_engine_computes_step_0_even_when_a_plan_lists_it(tiny_flux):
+    """Plans are validated before they reach the engine; the engine itself still never caches a stream's first
+    call (nothing to reuse yet), twice in a row, and caches T-1 when listed."""
+    from ertacli.backbones.sampler import Sampler
+    from ertacli.calibration.passes import calibration_pass
+    from ertacli.calibration.samples import Samples
+    from ertacli.engine import ApplyController
+
+    loaded, recipe = tiny_flux
+    sampler = Sampler.from_recipe(loaded, recipe)
+    T = sampler.steps
+    ctl = ApplyController(T, {"cond": {0, T - 1}})
+    for _ in range(2):
+        calibration_pass(sampler, ctl, Samples(["a red circle"], [0]), "final step")
+        assert dict(ctl.n_cached) == {"cond": 1} and dict(ctl.nfe) == {"cond": T - 1}
