@@ -101,3 +101,25 @@ def test_the_engine_computes_step_0_even_when_a_plan_lists_it(tiny_flux):
     for _ in range(2):
         calibration_pass(sampler, ctl, Samples(["a red circle"], [0]), "final step")
         assert dict(ctl.n_cached) == {"cond": 1} and dict(ctl.nfe) == {"cond": T - 1}
+
+
+def test_auto_scores_candidates_that_cache_the_last_step(tiny_flux):
+    """auto's schedule stage tries tail-0 schedules: some scored candidate caches T-1, and it is an ordinary,
+    valid plan; its first stage still scores the plain uniform cache (T-1 computed by its formula)."""
+    from ertacli.backbones.sampler import Sampler
+    from ertacli.calibration.auto import AutoSettings, auto_search
+    from ertacli.calibration.samples import Samples
+
+    loaded, recipe = tiny_flux
+    sampler = Sampler.from_recipe(loaded, recipe)
+    T = sampler.steps
+    samples = Samples.grid(["a red circle", "two blue squares", "a green line", "a yellow dot"], [0])
+    ident = {"recipe": recipe.name, "recipe_key": "k", "model_id": "m", "profile_run": None}
+    _, rows = auto_search(sampler, samples, 2, ident, AutoSettings(trials=30))
+    last = [r for r in rows if T - 1 in r["plan"].cached_steps["cond"]]
+    assert last and all(r["holdout_psnr"] == r["holdout_psnr"] for r in last)
+    for r in last:
+        validate(r["plan"], branches=("cond",))
+        assert r["plan"].nfe == T - 2
+    even = [r for r in rows if r["stage"] == "families" and r["placement"].startswith("even")]
+    assert even and all(r["plan"].cached_steps["cond"] == uniform_cached_steps(T, 2) for r in even)
