@@ -215,7 +215,8 @@ def sweep_cmd(model: str = ModelOpt, lambdas: Optional[List[str]] = LambdaOpt,
     path, df, picked = run_sweep(job, parse_lambdas(lambdas) or list(job.recipe.search.lambdas), compare,
                                  pick_speedup, pick_psnr, nfes, names, samples)
     cols = ["method", "target_nfe", "lambda", "setting", "nfe", "ideal_speedup", "speedup", "speedup_q1", "speedup_q3",
-            "timing_note", *job.recipe.eval.metrics, "calib_psnr", "best_calibrated", "note"]
+            "timing_note", "cpu_speedup", "cpu_speedup_q1", "cpu_speedup_q3", *job.recipe.eval.metrics, "calib_psnr",
+            "best_calibrated", "note"]
     show(df[[c for c in cols if c in df.columns]], f"sweep on {job.recipe.name} (full table: sweep.csv)")
     if picked:
         say(f"chosen lambda: {picked['lambda']} ({picked['reason']})", "bold")

@@ -18,12 +18,15 @@ EXPORT_FORMAT = "cache-dit"
 
 
 def _checked_sets(plan) -> dict[str, set[int]]:
-    """Each branch's cached steps, refusing steps outside 1..T-2 (steps 0 and T-1 are always computed)."""
+    """Each branch's cached steps, refusing steps outside first+1..last of its stream (step 0, a stream's first
+    step, is always computed; T-1 may be cached)."""
     sets = plan.cached_sets()
     for b, s in sets.items():
-        bad = sorted(k for k in s if k <= 0 or k >= plan.steps - 1)
+        first, last = (getattr(plan, "streams", None) or {}).get(b, (0, plan.steps - 1))
+        bad = sorted(k for k in s if k <= int(first) or k > int(last))
         if bad:
-            raise UserError(f"plan branch {b} caches steps {bad}; steps 0 and T-1={plan.steps - 1} are always computed")
+            raise UserError(f"plan branch {b} caches steps {bad}; it can cache steps {int(first) + 1}..{int(last)} "
+                            f"(its first step {int(first)} is always computed)")
     return sets
 
 

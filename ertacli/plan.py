@@ -273,9 +273,11 @@ def check_plan(plan: Plan, run) -> None:
     else:
         check_settings(plan.where, plan.settings, plan.model, run)
     for b, steps in plan.cached_steps.items():
-        bad = [k for k in steps if k <= 0 or k >= plan.steps - 1]
+        first, last = (plan.streams or {}).get(b, (0, plan.steps - 1))
+        bad = [k for k in steps if k <= int(first) or k > int(last)]
         if bad:
-            raise UserError(f"{plan.where}: branch {b} caches steps {bad}; steps 0 and T-1 are always computed")
+            raise UserError(f"{plan.where}: branch {b} caches steps {bad}; it can cache steps {int(first) + 1}.."
+                            f"{int(last)} (its first step {int(first)} is always computed)")
 
 
 def coeffs_from(plan: Plan, tensors: dict | None = None) -> dict[str, dict[int, tuple]]:

@@ -147,7 +147,7 @@ def validate_plan_data(data: Any, where: str, known: tuple[str, ...] | None = No
     if base and len(base) not in (steps, steps + 1):
         c.fail("base_sigmas", f"has {len(base)} values for {steps} steps")
     branches = _check_branches(c, data["branches"], known if known is not None else known_branches(model, where))
-    _check_cached(c, data["cached_steps"], branches, steps)
+    _check_cached(c, data["cached_steps"], branches, steps, data.get("streams"))
     shapes = c.mapping("sample_shape", data["sample_shape"])
     for b, shape in shapes.items():
         if not isinstance(shape, list) or not shape:
@@ -215,18 +215,29 @@ def _check_branches(c: _Check, branches: Any, known: tuple[str, ...] | None) -> 
     return branches
 
 
-def _check_cached(c: _Check, cached: Any, branches: list[str], steps: int) -> None:
+def _check_cached(c: _Check, cached: Any, branches: list[str], steps: int, streams: Any = None) -> None:
+    """Each branch's cached steps: step indices after the stream's first call (step 0, or a Wan2.2 expert's first
+    step: nothing to reuse yet) up to its last, T-1 included (a plan's choice)."""
     c.mapping("cached_steps", cached)
+    ranges = streams if isinstance(streams, dict) else {}
     for b, ks in cached.items():
         if b not in branches:
             c.fail(f"cached_steps.{b}", f"names a branch not in branches ({', '.join(branches)})")
         if not isinstance(ks, list):
             c.fail(f"cached_steps.{b}", f"must be a list of step indices, got {_short(ks)}")
+        first, last = _stream_range(ranges.get(b), steps)
         for i, k in enumerate(ks):
-            c.integer(f"cached_steps.{b}[{i}]", k, 1, steps - 2)
+            c.integer(f"cached_steps.{b}[{i}]", k, first + 1, last)
         if len(set(ks)) != len(ks):
             dup = sorted({k for k in ks if ks.count(k) > 1})
             c.fail(f"cached_steps.{b}", f"lists step(s) {dup} more than once")
+
+
+def _stream_range(span: Any, steps: int) -> tuple[int, int]:
+    """(first, last) step a branch runs: its `streams` entry when it is two integers in range, else 0..T-1."""
+    ok = isinstance(span, (list, tuple)) and len(span) == 2 and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in span)
+    return (int(span[0]), int(span[1])) if ok and 0 <= span[0] <= span[1] < steps else (0, steps - 1)
 
 
 def _check_predictor(c: _Check, pred: Any, branches: list[str], steps: int) -> None:

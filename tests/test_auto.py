@@ -22,26 +22,26 @@ def test_interval_schedules_exact_arithmetic():
     # interval 3 from step 1: two cached, one computed, until 10 are cached; the tail 15..18 falls out computed
     assert interval_cached(20, 10, 3, first=1) == [1, 2, 4, 5, 7, 8, 10, 11, 13, 14]
     assert interval_cached(20, 9, 2, first=1) == [1, 3, 5, 7, 9, 11, 13, 15, 17]
-    assert interval_cached(20, 10, 2, first=1) is None  # alternating holds at most 9 of 18 inner steps
-    # anchored at the tail: steps 17 and 18 computed (tail 2), then cached / computed walking back
-    assert interval_cached(20, 5, 2, tail=2) == [8, 10, 12, 14, 16]
+    assert interval_cached(20, 10, 2, first=1, tail=1) is None  # alternating holds at most 9 of steps 1..18
+    # anchored at the tail: steps 17, 18 and 19 computed (tail 3), then cached / computed walking back
+    assert interval_cached(20, 5, 2, tail=3) == [8, 10, 12, 14, 16]
     assert describe({"family": "interval", "i": 3, "first": 1}, {"cond": [1, 2, 4, 5, 7, 8, 10, 11, 13, 14]}, 20) \
-        == "uniform(i=3,b=1,tail=4)"
+        == "uniform(i=3,b=1,tail=5)"
     with pytest.raises(ValueError):
         interval_cached(20, 3, 1, first=1)
 
 
 def test_even_window_and_branch_counts():
-    assert family_sets(20, {"cond": 10}, "even", first=1, tail=0) == {"cond": [1, 3, 5, 7, 9, 10, 12, 14, 16, 18]}
-    # window from step 2 (step 1 computed) to step 17 (the tail 17, 18 computed)
-    got = family_sets(20, {"cond": 6}, "even", first=3, tail=2)["cond"]
+    assert family_sets(20, {"cond": 10}, "even", first=1, tail=1) == {"cond": [1, 3, 5, 7, 9, 10, 12, 14, 16, 18]}
+    # window from step 2 (step 1 computed) to step 17 (the tail 17, 18, 19 computed)
+    got = family_sets(20, {"cond": 6}, "even", first=3, tail=3)["cond"]
     assert len(got) == 6 and min(got) >= 3 and max(got) <= 16
     assert branch_counts(["cond", "uncond"], 21) == {"cond": 11, "uncond": 10}
     assert branch_counts(["cond", "uncond"], 20) == {"cond": 10, "uncond": 10}
     # two branches: exact per-branch counts, nested sets (the same set where the counts are equal)
     for params, sets in feasible_schedules(20, {"cond": 7, "uncond": 6}, schedule_grid(20)):
         assert len(sets["cond"]) == 7 and len(sets["uncond"]) == 6, params
-        assert all(0 < k < 19 for s in sets.values() for k in s)
+        assert all(0 < k <= 19 for s in sets.values() for k in s)
         if params["family"] == "interval":
             assert set(sets["uncond"]) <= set(sets["cond"])
     keys = [tuple(s["cond"]) for _, s in feasible_schedules(20, {"cond": 8}, schedule_grid(20))]

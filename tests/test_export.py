@@ -62,13 +62,20 @@ def test_does_not_carry_over_lists_fit_parts():
     assert "adjusted_sigmas" not in bare and "rectification" not in bare
 
 
+def test_a_plan_caching_the_final_step_exports_it():
+    """T-1 is a plan's choice (SPEC "Residual cache"); cache-dit reads mask 0 at the last step as a static cache."""
+    out = cache_dit_mask(toy_plan({"cond": [2, 5, 7]}))
+    assert out["steps_computation_mask"] == [1, 1, 0, 1, 1, 0, 1, 0]
+    assert "cached steps [2, 5, 7] of 8" in out["carries_over"][0]
+
+
 def test_bad_input_errors(tmp_path):
     plan = toy_plan({"cond": [2]})
     with pytest.raises(UserError, match="--to teacache: unknown export target; choose one of cache-dit") as e:
         export_plan(plan, "teacache")
     assert "\n" not in e.value.message
-    with pytest.raises(UserError, match=r"caches steps \[0, 7\]"):
-        cache_dit_mask(toy_plan({"cond": [0, 3, 7]}))
+    with pytest.raises(UserError, match=r"caches steps \[0, 8\]; it can cache steps 1..7"):
+        cache_dit_mask(toy_plan({"cond": [0, 3, 7, 8]}))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**cache_dit_mask(plan), "steps_computation_mask": [1, 0, 1]}))
     with pytest.raises(UserError, match="must be 8 entries of 0/1"):

@@ -47,7 +47,8 @@ def test_peer_pick_is_best_quality_at_matched_nfe():
     assert pick(tried, 10)["setting"] == "b"  # never more NFE than the target, best PSNR among matches
     assert pick(tried, 11)["setting"] == "b"  # 10 is within one call of 11
     assert pick(tried, 9)["setting"] == "d"  # 8 is within one call of 9
-    assert pick(tried, 7)["setting"] == "d"  # nothing matched: the nearest NFE
+    assert pick(tried + [{"setting": "e", "nfe": 5, "psnr": 9.0}], 7)["setting"] == "e"  # none matched: nearest below
+    assert pick(tried, 7) is None  # no setting reaches NFE <= 7: no row with more NFE than the target
 
 
 def test_sweep_matched_nfe_marks_best_calibrated(results, monkeypatch, capsys):

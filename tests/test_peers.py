@@ -216,3 +216,46 @@ def test_smoothcache_cached_steps_reuse_layer_outputs(tiny_flux):
     assert nfe == STEPS and not torch.equal(latents, base)  # sub-layers cached, every call runs its blocks
     again, _ = run_peer(s, "SmoothCache", 0.5)
     assert torch.equal(latents, again)  # the helper's step counters restart with each pipeline call
+
+
+def test_fastercache_runs_on_tiny_flux_and_says_why_not_per_cfg_branch(tiny_flux, tiny_wan):
+    """diffusers' FasterCache fails on its first call when the first step lies inside its reuse range (nothing
+    cached yet); our grid keeps that step outside. It reuses attention only, so every call still counts."""
+    needs("FasterCache")
+    s = sampler_of(tiny_flux)
+    base = s.run([PROMPT], [SEED]).latents
+    latents, nfe = run_peer(s, "FasterCache", (2, 901))
+    assert nfe == STEPS and not torch.equal(latents, base)
+    assert all(top < 1000 for _, top in PEERS["FasterCache"].grid)
+    with pytest.raises(ValueError, match="once per branch"):
+        run_peer(sampler_of(tiny_wan), "FasterCache", (2, 901))
+
+
+def test_a_peer_that_cannot_reach_the_target_says_so(tiny_flux):
+    """FasterCache computes every call: at a target below T no setting matches, and the row says so instead of
+    showing a run with more NFE."""
+    from ertacli.calibration.samples import Samples
+    from ertacli.evaluation.peer_tuning import probe_refs, tune_peer
+
+    needs("FasterCache")
+    s = sampler_of(tiny_flux)
+    probe = Samples([PROMPT], [SEED])
+    refs = probe_refs(s, probe, "hidden")
+    tuned = tune_peer(s, "FasterCache", STEPS - 2, probe, refs, {"block_lists": s.backbone.block_lists})
+    assert tuned["setting"] is None
+    assert tuned["unreached"] == f"no setting reaches NFE <= {STEPS - 2} (fewest in its grid of 6: NFE {STEPS})"
+    assert tune_peer(s, "FasterCache", STEPS, probe, refs, {"block_lists": s.backbone.block_lists})["matched"] == 6
+
+
+def test_teacache_note_names_its_fit_run_not_a_path(monkeypatch):
+    from pathlib import Path
+
+    import ertacli.commands.teacache_fit as tf
+    from ertacli.commands.eval import teacache_extra
+
+    fit = {"input": "modulated input", "r2": 0.99, "points": 40, "coefficients": [1.0, 0.0]}
+    path = Path("/tmp/somewhere/runs/tiny-flux/teacache-fit-20261206-1200/teacache.json")
+    monkeypatch.setattr(tf, "find_or_make_teacache", lambda job: (fit, path))
+    extra, note = teacache_extra(None)
+    assert extra == {"teacache": fit} and "/" not in note
+    assert note == "modulated input; coefficients from teacache-fit run teacache-fit-20261206-1200 (R2 0.990, 40 points)"

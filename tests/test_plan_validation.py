@@ -43,7 +43,8 @@ CORPUS = {  # name: (mutation, the field the message must name)
     "steps-as-floats": (_set("cached_steps.cond", [2.0]), "cached_steps.cond[0]"),
     "steps-as-booleans": (_set("cached_steps.cond", [True]), "cached_steps.cond[0]"),
     "duplicate-steps": (_set("cached_steps.cond", [2, 2, 2, 2, 2, 2, 2, 3]), "cached_steps.cond"),
-    "step-out-of-range": (_set("cached_steps.cond", [5]), "cached_steps.cond[0]"),
+    "step-out-of-range": (_set("cached_steps.cond", [6]), "cached_steps.cond[0]"),  # T-1 = 5 may be cached
+    "step-zero": (_set("cached_steps.cond", [0, 5]), "cached_steps.cond[0]"),
     "unknown-branch": (_set("cached_steps", {"uncond": [2]}), "cached_steps.uncond"),
     "branch-not-of-backbone": (_set("branches", ["cond", "negative"]), "branches"),
     "unknown-form": (_set("rectify.form", "cubic"), "rectify.form"),

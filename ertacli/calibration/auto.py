@@ -288,7 +288,7 @@ def stage_refine(ctx: Context) -> None:
         return
     base = next(r for r in ctx.trials.rows if r["trial"] == best.get("base_trial", best["trial"]))
     moved = optimize_placement(ctx.sampler, base["plan"], ctx.fit_set, ctx.fit_profile.latents,
-                               ctx.settings.refine_trials)
+                               ctx.settings.refine_trials, last_cacheable=True)
     if moved.cached_steps == base["plan"].cached_steps:
         return
     row = {**base, "stage": "refine", "placement": f"{base['placement']}+moves({moved.placement['trials']})"}

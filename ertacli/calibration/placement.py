@@ -20,17 +20,29 @@ def placement_error(sampler, plan: Plan, samples: Samples, ref) -> float:
     return all_sum(l1(out.latents.double() - ref[idx].double()))
 
 
-def move(T: int, cached: list[int], j: int, n: int) -> list[int] | None:
-    """The cached list after moving computed step j (0 < j < T-1) to its cached neighbour n = j±1, else None."""
+def move(T: int, cached: list[int], j: int, n: int, lo: int = 1, hi: int | None = None) -> list[int] | None:
+    """The cached list after moving computed step j (lo <= j <= hi; default 1..T-2) to its cached neighbour
+    n = j±1, else None."""
     S = set(cached)
-    if not 0 < j < T - 1 or j in S or n not in S:
+    hi = T - 2 if hi is None else hi
+    if not lo <= j <= hi or j in S or n not in S:
         return None
     return sorted((S - {n}) | {j})
 
 
+def movable(plan: Plan, branch: str, last_cacheable: bool) -> tuple[int, int]:
+    """(lo, hi): the steps a move may cache. The paper's policy keeps 1..T-2; with `last_cacheable` (SPEC
+    "Residual cache": T-1 is a plan's choice) every step after the stream's first, up to its last."""
+    if not last_cacheable:
+        return 1, plan.steps - 2
+    first, last = (plan.streams or {}).get(branch, (0, plan.steps - 1))
+    return int(first) + 1, int(last)
+
+
 def optimize_placement(sampler, plan: Plan, samples: Samples, ref, max_trials: int = 0,
-                       sweeps: int = SWEEPS, quiet: bool = True) -> Plan:
-    """First-improvement ±1 moves per branch for a few sweeps; never returns a plan worse than its start."""
+                       sweeps: int = SWEEPS, quiet: bool = True, last_cacheable: bool = False) -> Plan:
+    """First-improvement ±1 moves per branch for a few sweeps; never returns a plan worse than its start.
+    `last_cacheable`: moves may cache the final step (auto's refinement); off, T-1 stays computed."""
     best = plan
     before = score = placement_error(sampler, plan, samples, ref)
     trials = 0
@@ -39,9 +51,10 @@ def optimize_placement(sampler, plan: Plan, samples: Samples, ref, max_trials: i
         for _ in range(sweeps):
             improved = False
             for b in best.branches:
-                for j in range(1, best.steps - 1):
+                lo, hi = movable(best, b, last_cacheable)
+                for j in range(lo, hi + 1):
                     for n in (j - 1, j + 1):
-                        cand = move(best.steps, best.cached_steps.get(b, []), j, n)
+                        cand = move(best.steps, best.cached_steps.get(b, []), j, n, lo, hi)
                         if cand is None or (budget is not None and trials >= budget):
                             continue
                         trial = best.copy(cached_steps={**best.cached_steps, b: cand})

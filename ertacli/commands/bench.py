@@ -125,8 +125,9 @@ def run_bench(job: Job, lambdas: list[float], n_samples: int | None = None, with
         write_resources(run, job.device)
     shown = ["lambda", "cached_steps", "nfe", *job.recipe.eval.metrics, "latency_s", "baseline_latency_s",
              "speedup", "ideal_speedup", "peak_memory_gb"]
+    shown += ["cpu_speedup"] if "cpu_speedup" in table.columns else []
     short = {"cached_steps": "cached", "latency_s": "sec", "baseline_latency_s": "sec0", "ideal_speedup": "ideal",
-             "peak_memory_gb": "peak GB"}
+             "peak_memory_gb": "peak GB", "cpu_speedup": "CPU-time speedup"}
     return job.finished(run), table[shown].rename(columns=short), rows
 
 

@@ -69,8 +69,12 @@ def timed(job: Job, samples: Samples, runner, baseline=None, ideal: float | None
     from ..evaluation.timing import paired_timing, timing_note
 
     baseline = baseline or baseline_runner(job.sampler, job.recipe.cache.residual)
-    t = paired_timing(samples, runner, baseline, **job.timing())
+    t = paired_timing(samples, runner, baseline, **job.timing(), cpu=str(job.device).startswith("cpu"))
     return {**t, "timing_note": timing_note(t["speedup"], t["speedup_q1"], t["speedup_q3"], ideal)}
+
+
+CPU_COLUMNS = ("cpu_speedup", "cpu_speedup_q1", "cpu_speedup_q3")
+"""The process-CPU-time speedup and its spread (timed on a CPU device only)."""
 
 
 def result_row(job: Job, samples: Samples, base_dir: Path, runner, method: str, plan: Plan | None = None) -> dict:
@@ -83,7 +87,8 @@ def result_row(job: Job, samples: Samples, base_dir: Path, runner, method: str, 
         row.update({"lambda": plan.lam, "cached_steps": plan.n_cached})
     row.update({"nfe": s["nfe"], "baseline_nfe": s["baseline_nfe"], "ideal_speedup": s["ideal_speedup"],
                 "speedup": s["speedup"], "speedup_q1": s["speedup_q1"], "speedup_q3": s["speedup_q3"],
-                "timing_note": s["timing_note"], **{m: s[m] for m in metrics}, "latency_s": s["timing_seconds"],
+                "timing_note": s["timing_note"], **{k: s[k] for k in CPU_COLUMNS if k in s},
+                **{m: s[m] for m in metrics}, "latency_s": s["timing_seconds"],
                 "baseline_latency_s": s["timing_baseline_seconds"], "run": s["run"]})
     if plan is not None:
         row["phi 0/mid/1"] = phi_counts(plan)
@@ -120,7 +125,8 @@ def teacache_extra(job: Job) -> tuple[dict, str]:
     from .teacache_fit import find_or_make_teacache
 
     fit, path = find_or_make_teacache(job)
-    return {"teacache": fit}, f"{fit['input']}; coefficients {path} (R2 {fit['r2']:.3f}, {fit['points']} points)"
+    return {"teacache": fit}, (f"{fit['input']}; coefficients from teacache-fit run {path.parent.name} "
+                               f"(R2 {fit['r2']:.3f}, {fit['points']} points)")
 
 
 PEER_INPUTS = {"TeaCache": teacache_extra}
@@ -139,6 +145,9 @@ def peer_row(job: Job, samples: Samples, base_dir: Path, name: str, plan, probe,
     try:
         extra, note = PEER_INPUTS[name](job) if name in PEER_INPUTS else ({}, PEERS[name].note)
         tuned = tune_peer(job.sampler, name, plan.nfe, probe, refs, extra)
+        if tuned.get("unreached"):
+            return {"method": name, "target_nfe": plan.nfe, "note": tuned["unreached"],
+                    "grid": f"none matched / {tuned['tried']} tried"}
         row = result_row(job, samples, base_dir, PeerRunner(job.sampler, name, tuned["setting"], tuned["extra"]), name)
     except (RuntimeError, ValueError, TypeError, AttributeError, UserError) as exc:
         return {"method": name, "target_nfe": plan.nfe, "note": f"not run: {str(exc).splitlines()[0]}"}

@@ -29,7 +29,7 @@ from ..runs.rundir import INCOMPLETE, LOCK, TMP_PREFIX
 SKIP_FILES = {"env.json", "argv.json", "resources.json", "command.txt", LOCK, INCOMPLETE, MARKER}
 MEASURED = {"seconds", "transformer_seconds", "baseline_seconds", "speedup", "speedup_runs", "overhead",
             "latency_s", "baseline_latency_s", "peak_memory", "peak_rss"}
-MEASURED_PREFIX = ("timing_", "peak_")
+MEASURED_PREFIX = ("timing_", "peak_", "cpu_speedup")
 MEASURED_SUFFIX = ("_seconds", "_latency_s", "_bytes")
 PROVENANCE = {"created_at", "utc_time", "profile_run", "plan", "run", "baseline", "source_plan", "cwd", "resumed"}
 COPIED = ("inputs.json", "recipe.yaml", "argv.json", "env.json")  # what a generate re-run starts from

@@ -66,10 +66,20 @@ def _pab(T, setting, pipe, extra):
 
 
 def _fastercache(T, setting, pipe, extra):
+    """FasterCache on attention (guidance-distilled: no uncond batch to skip). Setting = (skip range, top timestep):
+    attention reused inside timesteps (-1, top). `top` stays below the first step's timestep (1000): diffusers'
+    hook has nothing cached on its first call and fails there ('NoneType' object is not subscriptable) when the
+    first step lies inside the range, which its default (-1, 681) avoids."""
     from diffusers import FasterCacheConfig
 
-    return FasterCacheConfig(spatial_attention_block_skip_range=setting,
-                             spatial_attention_timestep_skip_range=(-1, 1001),
+    from ..backbones import get_backbone
+
+    branches = get_backbone(type(pipe).__name__).branches
+    if len(branches) > 1 and getattr(pipe, "do_classifier_free_guidance", True):
+        raise ValueError("FasterCache keeps one attention cache per block and handles CFG only as one batched "
+                         f"uncond+cond call; this pipeline calls the transformer once per branch ({', '.join(branches)})")
+    skip, top = setting
+    return FasterCacheConfig(spatial_attention_block_skip_range=skip, spatial_attention_timestep_skip_range=(-1, top),
                              current_timestep_callback=lambda: pipe.current_timestep,
                              attention_weight_callback=lambda _: 0.5, is_guidance_distilled=True)
 
@@ -160,8 +170,9 @@ register_peer(Peer("SmoothCache", "SmoothCacheHelper", (0.02, 0.05, 0.1, 0.15, 0
                         "calibration (the wheel ships none): every call still runs its blocks"))
 register_peer(Peer("PyramidAttentionBroadcast", "PyramidAttentionBroadcastConfig", (2, 3), _pab,
                    note="reuses attention only: every call still runs the blocks"))
-register_peer(Peer("FasterCache", "FasterCacheConfig", (2, 3), _fastercache,
-                   note="reuses attention only: every call still runs the blocks"))
+register_peer(Peer("FasterCache", "FasterCacheConfig", tuple((n, top) for top in (681, 901) for n in (2, 3, 4)),
+                   _fastercache, note="reuses attention only: every call still runs the blocks; setting = "
+                                      "(attention skip range, top timestep of the reuse range)"))
 
 
 def why_missing(name: str) -> str | None:

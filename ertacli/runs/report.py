@@ -86,13 +86,14 @@ def _cell(v, digits: int | None):
     return v if isinstance(v, str) else None
 
 
-def _speedup(r: dict) -> str:
-    s = _num(r.get("speedup"))
+def _speedup(r: dict, key: str = "speedup") -> str:
+    s = _num(r.get(key))
     if s != s:
         return "-"
-    q1, q3 = _num(r.get("speedup_q1")), _num(r.get("speedup_q3"))
+    q1, q3 = _num(r.get(f"{key}_q1")), _num(r.get(f"{key}_q3"))
     text = f"{s:.2f}" + (f" [{q1:.2f}-{q3:.2f}]" if q1 == q1 and q3 == q3 else "")
-    return text + ("*" if isinstance(r.get("timing_note"), str) and r["timing_note"] else "")
+    noisy = key == "speedup" and isinstance(r.get("timing_note"), str) and r["timing_note"]
+    return text + ("*" if noisy else "")
 
 
 def compact(df: "pd.DataFrame") -> "pd.DataFrame":
@@ -102,16 +103,18 @@ def compact(df: "pd.DataFrame") -> "pd.DataFrame":
 
     recs = df.to_dict("records")
     col = lambda name, digits=None: [_cell(r.get(name), digits) for r in recs]
+    cpu = {"CPU-time speedup [IQR]": [_speedup(r, "cpu_speedup") for r in recs]} if "cpu_speedup" in df else {}
     return pd.DataFrame({
         "NFE target": df["target_nfe"],
         "method": [f"**{r['method']}** (best calibrated)" if str(r["best_calibrated"]) == "True" else r["method"]
                    for r in recs],
         "setting": [r.get("setting") if isinstance(r.get("setting"), str) else "-" for r in recs],
         "NFE": col("nfe"), "ideal": col("ideal_speedup", 3), "measured speedup [IQR]": [_speedup(r) for r in recs],
+        **cpu,
         "PSNR": col("psnr", 2), "SSIM": col("ssim", 4), "LPIPS": col("lpips", 4), "digit-acc": col("digit-acc", 3),
         "calibration PSNR": col("calib_psnr", 2),
-        "note": [r["note"] if isinstance(r.get("note"), str) and r["note"].startswith("not run") else ""
-                 for r in recs]})
+        "note": [r["note"] if isinstance(r.get("note"), str) and r["note"].startswith(("not run", "no setting"))
+                 else "" for r in recs]})
 
 
 def render(run_dir: str | Path, goal_db: float = 1.0) -> str:
