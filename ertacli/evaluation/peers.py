@@ -2,7 +2,8 @@
 
 A peer is registered data: a name, a grid of settings, and a function turning one setting into a diffusers
 cache config. NFE is counted the same way for every method: transformer calls in which the last block's own
-computation ran (a cached or skipped call does not count).
+computation ran (a cached or skipped call does not count), over every denoiser (Wan2.2's `transformer` and
+`transformer_2`). A peer caches every denoiser the way its users do, or refuses in one line (never half-cached).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UserError
@@ -51,8 +52,16 @@ def _taylorseer(T, setting, pipe, extra):
                                  taylor_factors_dtype=None)
 
 
+MAGCACHE_EXPERTS = ("diffusers' MagCache counts steps per transformer, so the second expert would read the "
+                    "magnitude ratios of the run's first steps (and its calibration never completes on the first)")
+
+
 def _magcache(T, setting, pipe, extra):
     from diffusers import MagCacheConfig
+
+    from .peer_hooks import refuse_experts
+
+    refuse_experts("MagCache", pipe, MAGCACHE_EXPERTS)
 
     return MagCacheConfig(threshold=setting, num_inference_steps=T, mag_ratios=extra["mag_ratios"])
 
@@ -179,31 +188,42 @@ def available_peers() -> list[str]:
     return [name for name in PEERS if why_missing(name) is None]
 
 
-@dataclass
 class NfeCounter:
-    """Counts transformer calls in which the last block's first sub-module actually ran (plain torch hooks)."""
+    """Counts denoiser calls in which the last block's first sub-module actually ran (plain torch hooks), over
+    every (transformer, its last block) given: Wan2.2's two experts count together, `by_denoiser` each."""
 
-    transformer: Any
-    last_block: Any
-    calls: int = 0
-    _ran: bool = False
-    _handles: list = field(default_factory=list)
+    def __init__(self, *pairs):
+        self.pairs, self.calls, self._ran, self._handles = pairs, 0, False, []
+        self.by_denoiser = [0] * len(pairs)
+
+    @classmethod
+    def of(cls, pipe, block_lists: tuple[str, ...]) -> "NfeCounter":
+        """A counter over every denoiser of the pipeline (`transformer`, and Wan2.2's `transformer_2`)."""
+        from .peer_hooks import denoisers_of
+
+        return cls(*((m, last_block(m, block_lists)) for _, m in denoisers_of(pipe)))
 
     def __enter__(self) -> "NfeCounter":
-        child = next(iter(self.last_block.children()))
-        self._handles = [
-            self.transformer.register_forward_pre_hook(lambda *a: setattr(self, "_ran", False)),
-            child.register_forward_hook(lambda *a: setattr(self, "_ran", True)),
-            self.transformer.register_forward_hook(lambda *a: self._count()),
-        ]
+        for i, (transformer, block) in enumerate(self.pairs):
+            child = next(iter(block.children()))
+            self._handles += [
+                transformer.register_forward_pre_hook(lambda *a: setattr(self, "_ran", False)),
+                child.register_forward_hook(lambda *a: setattr(self, "_ran", True)),
+                transformer.register_forward_hook(lambda *a, i=i: self._count(i)),
+            ]
         return self
 
-    def _count(self) -> None:
+    def reset(self) -> None:
+        self.calls, self.by_denoiser = 0, [0] * len(self.pairs)
+
+    def _count(self, i: int) -> None:
         self.calls += int(self._ran)
+        self.by_denoiser[i] += int(self._ran)
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
+        self._handles = []
 
 
 def last_block(transformer, block_lists: tuple[str, ...]):
@@ -217,20 +237,54 @@ def last_block(transformer, block_lists: tuple[str, ...]):
 
 @contextlib.contextmanager
 def enabled(pipe, config):
-    """A cache attached for the duration of the block, removed afterwards: a diffusers cache config, or one of ours
-    with `attach(pipe)` / `detach(pipe)` (our hooks, cache-dit, SmoothCache)."""
+    """A cache attached for the duration of the block, removed afterwards: a diffusers cache config (enabled on
+    every denoiser, as its users do on Wan2.2's two experts), or one of ours with `attach(pipe)` / `detach(pipe)`
+    (our hooks, cache-dit, SmoothCache), which attaches to every denoiser itself or refuses."""
     own = hasattr(config, "attach")
-    config.attach(pipe) if own else pipe.transformer.enable_cache(config)
+    config.attach(pipe) if own else enable_everywhere(pipe, config)
     try:
         yield
     finally:
-        config.detach(pipe) if own else pipe.transformer.disable_cache()
+        config.detach(pipe) if own else disable_everywhere(pipe)
+
+
+def enable_everywhere(pipe, config) -> None:
+    """`enable_cache(config)` on every denoiser; one line, and nothing left attached, when one has no such method."""
+    from .peer_hooks import denoisers_of
+
+    modules = denoisers_of(pipe)
+    lacking = [f"{name} ({type(m).__name__})" for name, m in modules if not hasattr(m, "enable_cache")]
+    if lacking:
+        peer = next((p.name for p in PEERS.values() if p.config_class == type(config).__name__), type(config).__name__)
+        raise UserError(f"{peer} not run: {type(pipe).__name__}'s "
+                        f"{', '.join(lacking)} has no enable_cache, and caching the other denoisers only would run "
+                        f"the pipeline half-cached")
+    done = []
+    try:
+        for _, module in modules:
+            module.enable_cache(config)
+            done.append(module)
+    except BaseException:
+        for module in done:
+            module.disable_cache()
+        raise
+
+
+def disable_everywhere(pipe) -> None:
+    from .peer_hooks import denoisers_of
+
+    for _, module in denoisers_of(pipe):
+        if getattr(module, "is_cache_enabled", False):
+            module.disable_cache()
 
 
 def mag_ratios(sampler, prompt: str, seed: int) -> list[float]:
     """MagCache's own calibration: one uncached run with calibrate=True; the ratios it prints, parsed."""
     from diffusers import MagCacheConfig
 
+    from .peer_hooks import refuse_experts
+
+    refuse_experts("MagCache", sampler.pipe, MAGCACHE_EXPERTS)
     buf = io.StringIO()
     cfg = MagCacheConfig(calibrate=True, num_inference_steps=sampler.steps)
     with enabled(sampler.pipe, cfg), contextlib.redirect_stdout(buf):
