@@ -28,7 +28,7 @@ def refuse_experts(peer: str, pipe, why: str) -> None:
 
     names = [name for name, _ in denoisers_of(pipe)]
     if len(names) > 1:
-        raise UserError(f"{peer} not run: {type(pipe).__name__} denoises with {' and '.join(names)}, and {why}; "
+        raise UserError(f"{peer} cannot cache every denoiser: {type(pipe).__name__} denoises with {' and '.join(names)}, and {why}; "
                         f"caching only `transformer` would run the pipeline half-cached")
 
 

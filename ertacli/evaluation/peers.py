@@ -192,16 +192,16 @@ class NfeCounter:
     """Counts denoiser calls in which the last block's first sub-module actually ran (plain torch hooks), over
     every (transformer, its last block) given: Wan2.2's two experts count together, `by_denoiser` each."""
 
-    def __init__(self, *pairs):
-        self.pairs, self.calls, self._ran, self._handles = pairs, 0, False, []
-        self.by_denoiser = [0] * len(pairs)
+    def __init__(self, transformer=None, last_block=None, *, pairs: tuple = ()):
+        self.pairs = tuple(pairs) or ((transformer, last_block),)
+        self.calls, self._ran, self._handles, self.by_denoiser = 0, False, [], [0] * len(self.pairs)
 
     @classmethod
     def of(cls, pipe, block_lists: tuple[str, ...]) -> "NfeCounter":
         """A counter over every denoiser of the pipeline (`transformer`, and Wan2.2's `transformer_2`)."""
         from .peer_hooks import denoisers_of
 
-        return cls(*((m, last_block(m, block_lists)) for _, m in denoisers_of(pipe)))
+        return cls(pairs=tuple((m, last_block(m, block_lists)) for _, m in denoisers_of(pipe)))
 
     def __enter__(self) -> "NfeCounter":
         for i, (transformer, block) in enumerate(self.pairs):
@@ -256,7 +256,7 @@ def enable_everywhere(pipe, config) -> None:
     lacking = [f"{name} ({type(m).__name__})" for name, m in modules if not hasattr(m, "enable_cache")]
     if lacking:
         peer = next((p.name for p in PEERS.values() if p.config_class == type(config).__name__), type(config).__name__)
-        raise UserError(f"{peer} not run: {type(pipe).__name__}'s "
+        raise UserError(f"{peer} cannot cache every denoiser: {type(pipe).__name__}'s "
                         f"{', '.join(lacking)} has no enable_cache, and caching the other denoisers only would run "
                         f"the pipeline half-cached")
     done = []

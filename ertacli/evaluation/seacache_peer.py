@@ -84,7 +84,7 @@ class SeaCachePeer:
         modules = denoisers_of(pipe)
         lacking = [name for name, m in modules if not hasattr(m, "enable_cache")]
         if lacking:
-            raise UserError(f"SeaCache not run: {type(pipe).__name__}'s {', '.join(lacking)} has no enable_cache, "
+            raise UserError(f"SeaCache cannot cache every denoiser: {type(pipe).__name__}'s {', '.join(lacking)} has no enable_cache, "
                             f"and caching the other denoisers only would run the pipeline half-cached")
         for _, module in modules:
             raw = RAW_VISION.get(type(module).__name__)
