@@ -221,10 +221,10 @@ def test_smoothcache_cached_steps_reuse_layer_outputs(tiny_flux):
 # ---- Wan2.2 MoE: every peer caches both experts (transformer, transformer_2) or refuses ---------------------------
 
 MOE_STEPS = 10  # tiny Wan2.2 MoE at boundary_ratio 0.875: 3 high-noise steps, 7 low-noise (CFG: two calls a step)
-MOE_OFF = {"FirstBlockCache": 0.0, "TaylorSeer": (1, MOE_STEPS, 0, 1), "PyramidAttentionBroadcast": 1,
+MOE_OFF = {"FirstBlockCache": 0.0, "TaylorSeer": (1, MOE_STEPS, 0, 1), "PyramidAttentionBroadcast": 1, "MagCache": 0.0,
            "TeaCache": 0.0, "EasyCache": (0.0, 1), "SeaCache": (0.0, 2), "cache-dit DBCache": (0.0, 1),
            "cache-dit DBCache+TaylorSeer": (0.0, 1)}
-MOE_ACTIVE = {"FirstBlockCache": 0.8, "TaylorSeer": (2, 1, 0, 1), "TeaCache": 1.0, "EasyCache": (1.0, 1),
+MOE_ACTIVE = {"FirstBlockCache": 0.8, "TaylorSeer": (2, 1, 0, 1), "MagCache": 0.4, "TeaCache": 1.0, "EasyCache": (1.0, 1),
               "SeaCache": (1e9, 2), "cache-dit DBCache": (5.0, 1), "cache-dit DBCache+TaylorSeer": (5.0, 1)}
 # FasterCache fails on every Wan transformer in diffusers 0.42.1 (its hook's cache is None on the first call), as
 # on Wan2.1: not a Wan2.2 matter, so not listed here.
@@ -244,18 +244,25 @@ def moe():
     return s, calls, ran
 
 
-def moe_extra(s) -> dict:
-    return {"block_lists": s.backbone.block_lists, "teacache": {"coefficients": [1.0, 0.0]}}
+def moe_extra(s, name: str = "") -> dict:
+    """What the builds need; a peer with its own calibration (MagCache) runs it here."""
+    extra = {"block_lists": s.backbone.block_lists, "teacache": {"coefficients": [1.0, 0.0]}}
+    peer = PEERS.get(name)
+    if peer is not None and peer.calibrate is not None:
+        extra.update(peer.calibrate(s, type("P", (), {"prompts": [PROMPT], "seeds": [SEED]})()))
+    return extra
 
 
 @pytest.mark.parametrize("name", list(MOE_OFF))
 def test_moe_off_setting_is_uncached_and_counts_both_experts(moe, name):
     needs(name)
     s, calls, _ = moe
+    extra = moe_extra(s, name)
+    calls[:] = [0, 0]
     base = s.run([PROMPT], [SEED]).latents
     assert calls[0] > 0 and calls[1] > 0 and sum(calls) == 2 * MOE_STEPS  # both experts denoise this call
     calls[:] = [0, 0]
-    with enabled(s.pipe, PEERS[name].build(MOE_STEPS, MOE_OFF[name], s.pipe, moe_extra(s))):
+    with enabled(s.pipe, PEERS[name].build(MOE_STEPS, MOE_OFF[name], s.pipe, extra)):
         with NfeCounter.of(s.pipe, s.backbone.block_lists) as c:
             latents = s.run([PROMPT], [SEED]).latents
     assert torch.equal(latents, base)
@@ -270,9 +277,10 @@ def test_moe_active_setting_caches_and_counts_both_experts(moe, name):
 
     needs(name)
     s, calls, ran = moe
+    extra = moe_extra(s, name)
     base = s.run([PROMPT], [SEED]).latents
     calls[:] = [0, 0]
-    with PeerRunner(s, name, MOE_ACTIVE[name], moe_extra(s)) as m:
+    with PeerRunner(s, name, MOE_ACTIVE[name], extra) as m:
         handles = []
         for i, expert in enumerate((s.pipe.transformer, s.pipe.transformer_2)):  # cache-dit: its copies
             tail = next(iter(last_block(expert, s.backbone.block_lists).children()))
@@ -321,7 +329,21 @@ def test_moe_own_hooks_keep_the_pipeline_step(moe, peer):
     assert c.by_denoiser[1] < calls[1] and c.calls == sum(t[2] for t in trace)
 
 
-@pytest.mark.parametrize("name", ["MagCache", "SmoothCache"])
+def test_moe_magcache_calibrates_each_expert(moe):
+    """MagCache's ratios per expert, one per step the expert runs (its calls / the two CFG calls of a step); ratios
+    calibrated on one transformer are refused on the two experts."""
+    from ertacli.errors import UserError
+    from ertacli.evaluation.peers import mag_ratios
+
+    s, calls, _ = moe
+    ratios = mag_ratios(s, PROMPT, SEED)
+    assert [len(r) for r in ratios] == [calls[0] // 4, calls[1] // 4]  # two runs: steps counted, then calibrated
+    assert all(r[0] == 1.0 for r in ratios)  # each expert's first call: MagCache's neutral ratio
+    with pytest.raises(UserError, match=r"^MagCache cannot cache every denoiser: WanPipeline holds 2 denoisers"):
+        PEERS["MagCache"].build(MOE_STEPS, 0.4, s.pipe, {"mag_ratios": [1.0] * MOE_STEPS})
+
+
+@pytest.mark.parametrize("name", ["SmoothCache"])
 def test_moe_peer_that_cannot_cache_both_experts_refuses(moe, name):
     from ertacli.errors import UserError
 

@@ -52,16 +52,15 @@ def _taylorseer(T, setting, pipe, extra):
                                  taylor_factors_dtype=None)
 
 
-MAGCACHE_EXPERTS = ("diffusers' MagCache counts steps per transformer, so the second expert would read the "
-                    "magnitude ratios of the run's first steps (and its calibration never completes on the first)")
-
-
 def _magcache(T, setting, pipe, extra):
     from diffusers import MagCacheConfig
 
-    from .peer_hooks import refuse_experts
+    from .peer_hooks import denoisers_of
 
-    refuse_experts("MagCache", pipe, MAGCACHE_EXPERTS)
+    if len(denoisers_of(pipe)) > 1:  # Wan2.2: each expert its own steps and ratios (see magcache_peer)
+        from .magcache_peer import expert_configs
+
+        return expert_configs(pipe, setting, extra["mag_ratios"])
 
     return MagCacheConfig(threshold=setting, num_inference_steps=T, mag_ratios=extra["mag_ratios"])
 
@@ -278,13 +277,17 @@ def disable_everywhere(pipe) -> None:
             module.disable_cache()
 
 
-def mag_ratios(sampler, prompt: str, seed: int) -> list[float]:
-    """MagCache's own calibration: one uncached run with calibrate=True; the ratios it prints, parsed."""
+def mag_ratios(sampler, prompt: str, seed: int) -> list:
+    """MagCache's own calibration: one uncached run with calibrate=True; the ratios it prints, parsed. With
+    several denoisers (Wan2.2), one list per expert, as long as the steps it runs (`magcache_peer`)."""
     from diffusers import MagCacheConfig
 
-    from .peer_hooks import refuse_experts
+    from .peer_hooks import denoisers_of
 
-    refuse_experts("MagCache", sampler.pipe, MAGCACHE_EXPERTS)
+    if len(denoisers_of(sampler.pipe)) > 1:
+        from .magcache_peer import expert_mag_ratios
+
+        return expert_mag_ratios(sampler, prompt, seed)
     buf = io.StringIO()
     cfg = MagCacheConfig(calibrate=True, num_inference_steps=sampler.steps)
     with enabled(sampler.pipe, cfg), contextlib.redirect_stdout(buf):
