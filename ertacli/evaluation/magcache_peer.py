@@ -46,13 +46,15 @@ def expert_mag_ratios(sampler, prompt: str, seed: int) -> list[list[float]]:
     """Each expert's magnitude ratios, one per step it runs (the first stream's list its calibration printed)."""
     from diffusers import MagCacheConfig
 
-    from .peers import enabled
-
     steps = expert_steps(sampler, prompt, seed)
     buf = io.StringIO()
-    configs = [MagCacheConfig(calibrate=True, num_inference_steps=n) for n in steps]
-    with enabled(sampler.pipe, PerDenoiser(tuple(configs))), contextlib.redirect_stdout(buf):
-        sampler.run([prompt], [seed])
+    calibrating = PerDenoiser(tuple(MagCacheConfig(calibrate=True, num_inference_steps=n) for n in steps))
+    calibrating.attach(sampler.pipe)
+    try:
+        with contextlib.redirect_stdout(buf):
+            sampler.run([prompt], [seed])
+    finally:
+        calibrating.detach(sampler.pipe)
     found = parse_ratios(buf.getvalue())
     per = len(found) // len(steps) if len(found) % len(steps) == 0 else 0
     ratios = [found[i * per] for i in range(len(steps))] if per else []
@@ -74,8 +76,12 @@ class PerDenoiser:
         if len(modules) != len(self.configs):
             raise UserError(f"{type(pipe).__name__} holds {len(modules)} denoisers, the peer was configured for "
                             f"{len(self.configs)}")
-        for (_, module), config in zip(modules, self.configs):
-            module.enable_cache(config)
+        try:
+            for (_, module), config in zip(modules, self.configs):
+                module.enable_cache(config)
+        except BaseException:
+            self.detach(pipe)  # nothing left half-attached
+            raise
 
     def detach(self, pipe) -> None:
         from .peer_hooks import denoisers_of
