@@ -280,6 +280,7 @@ def test_moe_active_setting_caches_and_counts_both_experts(moe, name):
     extra = moe_extra(s, name)
     base = s.run([PROMPT], [SEED]).latents
     calls[:] = [0, 0]
+    experts = (s.pipe.transformer, s.pipe.transformer_2)
     with PeerRunner(s, name, MOE_ACTIVE[name], extra) as m:
         handles = []
         for i, expert in enumerate((s.pipe.transformer, s.pipe.transformer_2)):  # cache-dit: its copies
@@ -296,6 +297,8 @@ def test_moe_active_setting_caches_and_counts_both_experts(moe, name):
     for i in (0, 1):  # each expert hooked: its first call computed, some later ones cached
         assert 0 < per_expert[i] < calls[i]
     assert out.transformer_seconds > 0
+    assert (s.pipe.transformer, s.pipe.transformer_2) == experts  # the pipeline's own experts back in place
+    assert torch.equal(s.run([PROMPT], [SEED]).latents, base)  # and nothing left attached to either
 
 
 def test_moe_attention_reuse_runs_every_call_of_both_experts(moe):
