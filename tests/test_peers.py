@@ -27,7 +27,7 @@ def run_peer(s: Sampler, name: str, setting, extra: dict | None = None, prompt: 
     if peer.calibrate is not None and not any(k in extra for k in ("mag_ratios", "smoothcache_curves")):
         extra.update(peer.calibrate(s, type("P", (), {"prompts": [prompt], "seeds": [seed]})()))
     with enabled(s.pipe, peer.build(s.steps, setting, s.pipe, extra)):
-        with NfeCounter(s.transformer, last_block(s.transformer, s.backbone.block_lists)) as c:
+        with NfeCounter.of(s.pipe, s.backbone.block_lists) as c:
             out = s.run([prompt], [seed])
     return out.latents, c.calls
 
@@ -259,3 +259,157 @@ def test_teacache_note_names_its_fit_run_not_a_path(monkeypatch):
     extra, note = teacache_extra(None)
     assert extra == {"teacache": fit} and "/" not in note
     assert note == "modulated input; coefficients from teacache-fit run teacache-fit-20261206-1200 (R2 0.990, 40 points)"
+
+
+# ---- Wan2.2 MoE: every peer caches both experts (transformer, transformer_2) or refuses ---------------------------
+
+MOE_STEPS = 10  # tiny Wan2.2 MoE at boundary_ratio 0.875: 3 high-noise steps, 7 low-noise (CFG: two calls a step)
+MOE_OFF = {"FirstBlockCache": 0.0, "TaylorSeer": (1, MOE_STEPS, 0, 1), "PyramidAttentionBroadcast": 1, "MagCache": 0.0,
+           "TeaCache": 0.0, "EasyCache": (0.0, 1), "SeaCache": (0.0, 2), "cache-dit DBCache": (0.0, 1),
+           "cache-dit DBCache+TaylorSeer": (0.0, 1)}
+MOE_ACTIVE = {"FirstBlockCache": 0.8, "TaylorSeer": (2, 1, 0, 1), "MagCache": 0.4, "TeaCache": 1.0, "EasyCache": (1.0, 1),
+              "SeaCache": (1e9, 2), "cache-dit DBCache": (5.0, 1), "cache-dit DBCache+TaylorSeer": (5.0, 1)}
+# FasterCache fails on every Wan transformer in diffusers 0.42.1 (its hook's cache is None on the first call), as
+# on Wan2.1: not a Wan2.2 matter, so not listed here.
+
+
+@pytest.fixture
+def moe():
+    """A Sampler on a fresh tiny Wan2.2 MoE (two experts of one class) and per-expert forward-call counts."""
+    from ertacli.backbones import tiny_zoo
+    from ertacli.backbones.discover import backbone_of
+
+    t = tiny_zoo.build("wan2.2-moe")
+    s = Sampler(t.pipe, backbone_of(t.pipe), t.encode, {**t.call, "num_inference_steps": MOE_STEPS})
+    calls, ran = [0, 0], [0, 0]
+    for i, expert in enumerate((t.pipe.transformer, t.pipe.transformer_2)):
+        expert.register_forward_pre_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    return s, calls, ran
+
+
+def moe_extra(s, name: str = "") -> dict:
+    """What the builds need; a peer with its own calibration (MagCache) runs it here."""
+    extra = {"block_lists": s.backbone.block_lists, "teacache": {"coefficients": [1.0, 0.0]}}
+    peer = PEERS.get(name)
+    if peer is not None and peer.calibrate is not None:
+        extra.update(peer.calibrate(s, type("P", (), {"prompts": [PROMPT], "seeds": [SEED]})()))
+    return extra
+
+
+@pytest.mark.parametrize("name", list(MOE_OFF))
+def test_moe_off_setting_is_uncached_and_counts_both_experts(moe, name):
+    needs(name)
+    s, calls, _ = moe
+    extra = moe_extra(s, name)
+    calls[:] = [0, 0]
+    base = s.run([PROMPT], [SEED]).latents
+    assert calls[0] > 0 and calls[1] > 0 and sum(calls) == 2 * MOE_STEPS  # both experts denoise this call
+    calls[:] = [0, 0]
+    with enabled(s.pipe, PEERS[name].build(MOE_STEPS, MOE_OFF[name], s.pipe, extra)):
+        with NfeCounter.of(s.pipe, s.backbone.block_lists) as c:
+            latents = s.run([PROMPT], [SEED]).latents
+    assert torch.equal(latents, base)
+    assert c.by_denoiser == calls and c.calls == 2 * MOE_STEPS  # every call of both experts counted
+
+
+@pytest.mark.parametrize("name", list(MOE_ACTIVE))
+def test_moe_active_setting_caches_and_counts_both_experts(moe, name):
+    """The eval path (PeerRunner): each expert computes some calls and caches others, and the NFE counted is the
+    number of calls, over both experts, in which the expert's last block ran (measured here by our own hooks)."""
+    from ertacli.evaluation.runners import PeerRunner
+
+    needs(name)
+    s, calls, ran = moe
+    extra = moe_extra(s, name)
+    base = s.run([PROMPT], [SEED]).latents
+    calls[:] = [0, 0]
+    experts = (s.pipe.transformer, s.pipe.transformer_2)
+    with PeerRunner(s, name, MOE_ACTIVE[name], extra) as m:
+        handles = []
+        for i, expert in enumerate((s.pipe.transformer, s.pipe.transformer_2)):  # cache-dit: its copies
+            tail = next(iter(last_block(expert, s.backbone.block_lists).children()))
+            handles.append(tail.register_forward_hook(lambda *a, i=i: ran.__setitem__(i, ran[i] + 1)))
+        try:
+            out, nfe, _ = m.run(PROMPT, SEED)
+        finally:
+            for h in handles:
+                h.remove()
+        per_expert = list(m.counter.by_denoiser)
+    assert not torch.equal(out.latents, base)
+    assert nfe == sum(ran) == sum(per_expert) and per_expert == ran
+    for i in (0, 1):  # each expert hooked: its first call computed, some later ones cached
+        assert 0 < per_expert[i] < calls[i]
+    assert out.transformer_seconds > 0
+    assert (s.pipe.transformer, s.pipe.transformer_2) == experts  # the pipeline's own experts back in place
+    assert torch.equal(s.run([PROMPT], [SEED]).latents, base)  # and nothing left attached to either
+
+
+def test_moe_attention_reuse_runs_every_call_of_both_experts(moe):
+    s, calls, _ = moe
+    base = s.run([PROMPT], [SEED]).latents
+    calls[:] = [0, 0]
+    config = PEERS["PyramidAttentionBroadcast"].build(MOE_STEPS, 2, s.pipe, {})
+    with enabled(s.pipe, config), NfeCounter.of(s.pipe, s.backbone.block_lists) as c:
+        assert s.pipe.transformer.is_cache_enabled and s.pipe.transformer_2.is_cache_enabled
+        latents = s.run([PROMPT], [SEED]).latents
+    assert not torch.equal(latents, base) and c.by_denoiser == calls
+    assert not s.pipe.transformer.is_cache_enabled and not s.pipe.transformer_2.is_cache_enabled
+
+
+@pytest.mark.parametrize("peer", ["TeaCache", "EasyCache"])
+def test_moe_own_hooks_keep_the_pipeline_step(moe, peer):
+    """One state per expert, on the pipeline's step: the run's last step is computed in the low-noise expert."""
+    from ertacli.evaluation.easycache import EasyCacheConfig
+    from ertacli.evaluation.teacache import TeaCacheConfig
+
+    s, calls, _ = moe
+    trace = []
+    config = (TeaCacheConfig(threshold=1e9, num_inference_steps=MOE_STEPS, block_lists=s.backbone.block_lists,
+                             trace=trace) if peer == "TeaCache"
+              else EasyCacheConfig(threshold=1e9, warmup=1, num_inference_steps=MOE_STEPS, trace=trace))
+    with enabled(s.pipe, config), NfeCounter.of(s.pipe, s.backbone.block_lists) as c:
+        s.run([PROMPT], [SEED])
+    steps = [t[1] for t in trace]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == MOE_STEPS - 1 and len(trace) == sum(calls)
+    assert all(t[2] for t in trace if t[1] == MOE_STEPS - 1)
+    assert c.by_denoiser[1] < calls[1] and c.calls == sum(t[2] for t in trace)
+
+
+def test_moe_magcache_calibrates_each_expert(moe):
+    """MagCache's ratios per expert, one per step the expert runs (its calls / the two CFG calls of a step); ratios
+    calibrated on one transformer are refused on the two experts."""
+    from ertacli.errors import UserError
+    from ertacli.evaluation.peers import mag_ratios
+
+    s, calls, _ = moe
+    ratios = mag_ratios(s, PROMPT, SEED)
+    assert [len(r) for r in ratios] == [calls[0] // 4, calls[1] // 4]  # two runs: steps counted, then calibrated
+    assert all(r[0] == 1.0 for r in ratios)  # each expert's first call: MagCache's neutral ratio
+    with pytest.raises(UserError, match=r"^MagCache cannot cache every denoiser: WanPipeline holds 2 denoisers"):
+        PEERS["MagCache"].build(MOE_STEPS, 0.4, s.pipe, {"mag_ratios": [1.0] * MOE_STEPS})
+
+
+@pytest.mark.parametrize("name", ["SmoothCache"])
+def test_moe_peer_that_cannot_cache_both_experts_refuses(moe, name):
+    from ertacli.errors import UserError
+
+    needs(name)
+    s, calls, _ = moe
+    with pytest.raises(UserError, match=rf"^{name} cannot cache every denoiser: WanPipeline denoises with transformer and "
+                                        r"transformer_2, .*half-cached$"):
+        peer = PEERS[name]
+        extra = peer.calibrate(s, type("P", (), {"prompts": [PROMPT], "seeds": [SEED]})()) if peer.calibrate else {}
+        peer.build(MOE_STEPS, PEERS[name].grid[0], s.pipe, {**moe_extra(s), **extra})
+    assert calls == [0, 0]  # refused before any run (its own calibration included)
+
+
+def test_denoiser_without_enable_cache_refused_and_nothing_left_attached(moe):
+    from ertacli.errors import UserError
+
+    s, _, _ = moe
+    s.pipe.transformer_2 = torch.nn.Linear(1, 1)
+    with pytest.raises(UserError, match=r"^FirstBlockCache cannot cache every denoiser: WanPipeline's transformer_2 \(Linear\) has no "
+                                        r"enable_cache.*half-cached$"):
+        with enabled(s.pipe, PEERS["FirstBlockCache"].build(MOE_STEPS, 0.8, s.pipe, {})):
+            pass
+    assert not s.pipe.transformer.is_cache_enabled

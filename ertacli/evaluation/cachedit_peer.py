@@ -1,5 +1,6 @@
 """cache-dit (optional extra `[peers]`) as a peer: `cache_dit.enable_cache` with DBCache, with or without its
-TaylorSeer calibrator, attached and removed the way its users do (`enable_cache(pipe, ...)` / `disable_cache(pipe)`).
+TaylorSeer calibrator, attached and removed the way its users do (`enable_cache(pipe, ...)` / `disable_cache(pipe)`); on Wan2.2 cache-dit
+hooks both experts itself.
 
 DBCache computes the first Fn blocks every call and compares their residual with the previous call's; below the
 residual-difference threshold the middle and last Bn blocks are served from its cache. We use F1B0 so that a
@@ -63,22 +64,36 @@ class CacheDitPeer:
         return {"cache_config": cache, "calibrator_config": calibrator}
 
     def attach(self, pipe) -> None:
-        """cache_dit.enable_cache on a copy of the transformer swapped into the pipeline (see ISOLATION)."""
+        """cache_dit.enable_cache on copies of every denoiser swapped into the pipeline (see ISOLATION); cache-dit
+        itself hooks both of Wan2.2's experts (`transformer`, `transformer_2`) from the pipeline."""
         import copy
 
         import cache_dit
 
-        self.original = pipe.transformer
-        pipe.transformer = copy.deepcopy(self.original)
+        from .peer_hooks import denoisers_of
+
+        self.originals = dict(denoisers_of(pipe))
+        for name, module in self.originals.items():
+            setattr(pipe, name, copy.deepcopy(module))
         quiet_logs()
-        with contextlib.redirect_stdout(io.StringIO()):
-            cache_dit.enable_cache(pipe, **self.configs())
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cache_dit.enable_cache(pipe, **self.configs())
+        except BaseException:
+            self._restore(pipe)
+            raise
         quiet_logs()
 
     def detach(self, pipe) -> None:
-        """cache_dit.disable_cache, then the pipeline's own, untouched transformer back in place."""
+        """cache_dit.disable_cache, then the pipeline's own, untouched denoisers back in place."""
         import cache_dit
 
-        with contextlib.redirect_stdout(io.StringIO()):
-            cache_dit.disable_cache(pipe)
-        pipe.transformer = self.original
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cache_dit.disable_cache(pipe)
+        finally:
+            self._restore(pipe)
+
+    def _restore(self, pipe) -> None:
+        for name, module in self.originals.items():
+            setattr(pipe, name, module)

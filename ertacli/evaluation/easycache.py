@@ -9,7 +9,9 @@ Runtime-adaptive reuse of the whole transformer call, per cache stream (CFG bran
   and accumulated; while the sum stays below the threshold the call is skipped and returns x + Δ; when it reaches
   the threshold the call is computed and the sum resets to 0.
 
-Warm-up steps and the last step are always computed; threshold 0 is off (every call computed). A skipped call
+Warm-up steps and the last step are always computed; threshold 0 is off (every call computed). On a pipeline
+with several denoisers (Wan2.2's two experts) each expert has its own states (its first two calls computed, as
+k needs two); the step is the pipeline's. A skipped call
 runs no block at all, so NFE counts it as cached like every other peer.
 """
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 from diffusers.hooks import ModelHook
 
-from .peer_hooks import ensure_context, register, sample_of, unregister, with_sample
+from .peer_hooks import denoisers_of, ensure_context, register, sample_of, step_clock, unregister, with_sample
 
 HOOK = "easycache"
 
@@ -38,10 +40,14 @@ class EasyCacheConfig:
     trace: list | None = field(default=None, repr=False)  # (branch, step, computed, accumulator, k) when given
 
     def attach(self, pipe) -> None:
-        apply_easycache(pipe.transformer, self)
+        """On every denoiser, one state per expert (Wan2.2: `transformer` and `transformer_2`)."""
+        clock = step_clock(pipe)
+        for _, module in denoisers_of(pipe):
+            apply_easycache(module, self, clock)
 
     def detach(self, pipe) -> None:
-        remove_easycache(pipe.transformer)
+        for _, module in denoisers_of(pipe):
+            remove_easycache(module)
 
 
 class EasyCacheState:
@@ -60,17 +66,19 @@ class EasyCacheHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, states, config: EasyCacheConfig):
+    def __init__(self, states, config: EasyCacheConfig, clock=None):
         super().__init__()
-        self.states, self.config = states, config
+        self.states, self.config, self.clock = states, config, clock
 
     def reset_state(self, module):
         self.states.reset()
         return module
 
     def decide(self, st: EasyCacheState, x) -> bool:
-        """True when the call must be computed; accumulates the estimated change (reset to 0 when computed)."""
-        cfg, k = self.config, st.step
+        """True when the call must be computed; accumulates the estimated change (reset to 0 when computed).
+        The step: the stream's own call count, or the pipeline's step (`clock`) when experts share the run."""
+        cfg = self.config
+        k = st.step if self.clock is None else self.clock()
         forced = k < max(cfg.warmup, 1) or k >= cfg.num_inference_steps - 1 or st.k is None or st.delta is None
         if not forced:
             st.acc += st.k * mean_abs(x - st.prev_x) / max(mean_abs(st.v_c), 1e-12)
@@ -99,13 +107,14 @@ class EasyCacheHook(ModelHook):
         return out
 
 
-def apply_easycache(transformer, config: EasyCacheConfig):
-    """Attach EasyCache to a transformer; returns the StateManager."""
+def apply_easycache(transformer, config: EasyCacheConfig, clock=None):
+    """Attach EasyCache to a transformer; returns the StateManager. `clock()`: the pipeline's step, when this
+    transformer is one expert of several (else its own call count)."""
     from diffusers.hooks.hooks import StateManager
 
     remove_easycache(transformer)
     states = StateManager(EasyCacheState)
-    register(transformer, EasyCacheHook(states, config), HOOK)
+    register(transformer, EasyCacheHook(states, config, clock), HOOK)
     return states
 
 

@@ -14,6 +14,34 @@ from ..engine.hooks import block_output  # noqa: F401  (re-exported for the peer
 DEFAULT_BRANCH = "default"
 
 
+def denoisers_of(pipe) -> list[tuple[str, object]]:
+    """(attribute, module) of every denoiser the pipeline holds: `transformer`, and Wan2.2's second expert
+    `transformer_2` (the same components the engine hooks); a peer caches all of them or refuses."""
+    from ..backbones.discover import denoisers
+
+    return [(name, getattr(pipe, name)) for name in denoisers(pipe)]
+
+
+def refuse_experts(peer: str, pipe, why: str) -> None:
+    """One line, never a half-cached run: `peer` cannot cache every denoiser of a pipeline holding several."""
+    from ..errors import UserError
+
+    names = [name for name, _ in denoisers_of(pipe)]
+    if len(names) > 1:
+        raise UserError(f"{peer} cannot cache every denoiser: {type(pipe).__name__} denoises with {' and '.join(names)}, and {why}; "
+                        f"caching only `transformer` would run the pipeline half-cached")
+
+
+def step_clock(pipe):
+    """With several denoisers: the pipeline's denoising step (its scheduler's step index, None before the first
+    step = 0), so a per-expert state still knows the run's first and last step; None with one denoiser (its own
+    call count is the step) or a scheduler without a step index."""
+    scheduler = getattr(pipe, "scheduler", None)
+    if len(denoisers_of(pipe)) < 2 or not hasattr(scheduler, "step_index"):
+        return None
+    return lambda: int(scheduler.step_index or 0)
+
+
 def ensure_context(states) -> None:
     """Calls made outside any `cache_context` share one stream named `default`."""
     from diffusers.hooks.hooks import CacheContext

@@ -2,7 +2,8 @@
 
 A peer is registered data: a name, a grid of settings, and a function turning one setting into a diffusers
 cache config. NFE is counted the same way for every method: transformer calls in which the last block's own
-computation ran (a cached or skipped call does not count).
+computation ran (a cached or skipped call does not count), over every denoiser (Wan2.2's `transformer` and
+`transformer_2`). A peer caches every denoiser the way its users do, or refuses in one line (never half-cached).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UserError
@@ -53,6 +54,13 @@ def _taylorseer(T, setting, pipe, extra):
 
 def _magcache(T, setting, pipe, extra):
     from diffusers import MagCacheConfig
+
+    from .peer_hooks import denoisers_of
+
+    if len(denoisers_of(pipe)) > 1:  # Wan2.2: each expert its own steps and ratios (see magcache_peer)
+        from .magcache_peer import expert_configs
+
+        return expert_configs(pipe, setting, extra["mag_ratios"])
 
     return MagCacheConfig(threshold=setting, num_inference_steps=T, mag_ratios=extra["mag_ratios"])
 
@@ -190,31 +198,42 @@ def available_peers() -> list[str]:
     return [name for name in PEERS if why_missing(name) is None]
 
 
-@dataclass
 class NfeCounter:
-    """Counts transformer calls in which the last block's first sub-module actually ran (plain torch hooks)."""
+    """Counts denoiser calls in which the last block's first sub-module actually ran (plain torch hooks), over
+    every (transformer, its last block) given: Wan2.2's two experts count together, `by_denoiser` each."""
 
-    transformer: Any
-    last_block: Any
-    calls: int = 0
-    _ran: bool = False
-    _handles: list = field(default_factory=list)
+    def __init__(self, transformer=None, last_block=None, *, pairs: tuple = ()):
+        self.pairs = tuple(pairs) or ((transformer, last_block),)
+        self.calls, self._ran, self._handles, self.by_denoiser = 0, False, [], [0] * len(self.pairs)
+
+    @classmethod
+    def of(cls, pipe, block_lists: tuple[str, ...]) -> "NfeCounter":
+        """A counter over every denoiser of the pipeline (`transformer`, and Wan2.2's `transformer_2`)."""
+        from .peer_hooks import denoisers_of
+
+        return cls(pairs=tuple((m, last_block(m, block_lists)) for _, m in denoisers_of(pipe)))
 
     def __enter__(self) -> "NfeCounter":
-        child = next(iter(self.last_block.children()))
-        self._handles = [
-            self.transformer.register_forward_pre_hook(lambda *a: setattr(self, "_ran", False)),
-            child.register_forward_hook(lambda *a: setattr(self, "_ran", True)),
-            self.transformer.register_forward_hook(lambda *a: self._count()),
-        ]
+        for i, (transformer, block) in enumerate(self.pairs):
+            child = next(iter(block.children()))
+            self._handles += [
+                transformer.register_forward_pre_hook(lambda *a: setattr(self, "_ran", False)),
+                child.register_forward_hook(lambda *a: setattr(self, "_ran", True)),
+                transformer.register_forward_hook(lambda *a, i=i: self._count(i)),
+            ]
         return self
 
-    def _count(self) -> None:
+    def reset(self) -> None:
+        self.calls, self.by_denoiser = 0, [0] * len(self.pairs)
+
+    def _count(self, i: int) -> None:
         self.calls += int(self._ran)
+        self.by_denoiser[i] += int(self._ran)
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
+        self._handles = []
 
 
 def last_block(transformer, block_lists: tuple[str, ...]):
@@ -228,20 +247,58 @@ def last_block(transformer, block_lists: tuple[str, ...]):
 
 @contextlib.contextmanager
 def enabled(pipe, config):
-    """A cache attached for the duration of the block, removed afterwards: a diffusers cache config, or one of ours
-    with `attach(pipe)` / `detach(pipe)` (our hooks, cache-dit, SmoothCache)."""
+    """A cache attached for the duration of the block, removed afterwards: a diffusers cache config (enabled on
+    every denoiser, as its users do on Wan2.2's two experts), or one of ours with `attach(pipe)` / `detach(pipe)`
+    (our hooks, cache-dit, SmoothCache), which attaches to every denoiser itself or refuses."""
     own = hasattr(config, "attach")
-    config.attach(pipe) if own else pipe.transformer.enable_cache(config)
+    config.attach(pipe) if own else enable_everywhere(pipe, config)
     try:
         yield
     finally:
-        config.detach(pipe) if own else pipe.transformer.disable_cache()
+        config.detach(pipe) if own else disable_everywhere(pipe)
 
 
-def mag_ratios(sampler, prompt: str, seed: int) -> list[float]:
-    """MagCache's own calibration: one uncached run with calibrate=True; the ratios it prints, parsed."""
+def enable_everywhere(pipe, config) -> None:
+    """`enable_cache(config)` on every denoiser; one line, and nothing left attached, when one has no such method."""
+    from .peer_hooks import denoisers_of
+
+    modules = denoisers_of(pipe)
+    lacking = [f"{name} ({type(m).__name__})" for name, m in modules if not hasattr(m, "enable_cache")]
+    if lacking:
+        peer = next((p.name for p in PEERS.values() if p.config_class == type(config).__name__), type(config).__name__)
+        raise UserError(f"{peer} cannot cache every denoiser: {type(pipe).__name__}'s "
+                        f"{', '.join(lacking)} has no enable_cache, and caching the other denoisers only would run "
+                        f"the pipeline half-cached")
+    done = []
+    try:
+        for _, module in modules:
+            module.enable_cache(config)
+            done.append(module)
+    except BaseException:
+        for module in done:
+            module.disable_cache()
+        raise
+
+
+def disable_everywhere(pipe) -> None:
+    from .peer_hooks import denoisers_of
+
+    for _, module in denoisers_of(pipe):
+        if getattr(module, "is_cache_enabled", False):
+            module.disable_cache()
+
+
+def mag_ratios(sampler, prompt: str, seed: int) -> list:
+    """MagCache's own calibration: one uncached run with calibrate=True; the ratios it prints, parsed. With
+    several denoisers (Wan2.2), one list per expert, as long as the steps it runs (`magcache_peer`)."""
     from diffusers import MagCacheConfig
 
+    from .peer_hooks import denoisers_of
+
+    if len(denoisers_of(sampler.pipe)) > 1:
+        from .magcache_peer import expert_mag_ratios
+
+        return expert_mag_ratios(sampler, prompt, seed)
     buf = io.StringIO()
     cfg = MagCacheConfig(calibrate=True, num_inference_steps=sampler.steps)
     with enabled(sampler.pipe, cfg), contextlib.redirect_stdout(buf):

@@ -40,10 +40,15 @@ class TransformerClock:
 
 
 def timed_run(sampler, prompt: str, seed: int):
-    """One sample through the sampler, with the time inside the transformer recorded on the result."""
-    with TransformerClock(sampler.transformer, sampler.device) as clock:
+    """One sample through the sampler, with the time inside its denoisers (Wan2.2: both experts) on the result."""
+    import contextlib
+
+    from .peer_hooks import denoisers_of
+
+    with contextlib.ExitStack() as stack:
+        clocks = [stack.enter_context(TransformerClock(m, sampler.device)) for _, m in denoisers_of(sampler.pipe)]
         out = sampler.run([prompt], [seed])
-    out.transformer_seconds = clock.seconds
+    out.transformer_seconds = sum(c.seconds for c in clocks)
     return out
 
 
@@ -79,7 +84,7 @@ def baseline_runner(sampler, residual: str) -> ControllerRunner:
 
 
 class PeerRunner:
-    """One peer cache at one setting; NFE counted by `NfeCounter` (calls whose last block ran)."""
+    """One peer cache at one setting; NFE counted by `NfeCounter` (calls whose last block ran, every denoiser)."""
 
     def __init__(self, sampler, name: str, setting, extra: dict | None = None):
         from .peers import PEERS
@@ -88,13 +93,13 @@ class PeerRunner:
         self.info = {"kind": "peer", "peer": name, "setting": setting, "plan": None, "plan_nfe": None}
 
     def __enter__(self) -> "PeerRunner":
-        from .peers import NfeCounter, enabled, last_block
+        from .peers import NfeCounter, enabled
 
         s = self.sampler
         config = self.peer.build(s.steps, self.setting, s.pipe, {**self.extra, "block_lists": s.backbone.block_lists})
         self._cache = enabled(s.pipe, config)
         self._cache.__enter__()
-        self.counter = NfeCounter(s.transformer, last_block(s.transformer, s.backbone.block_lists)).__enter__()
+        self.counter = NfeCounter.of(s.pipe, s.backbone.block_lists).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,6 +107,6 @@ class PeerRunner:
         self._cache.__exit__(*exc)
 
     def run(self, prompt: str, seed: int):
-        self.counter.calls = 0
+        self.counter.reset()
         out = timed_run(self.sampler, prompt, seed)
         return out, self.counter.calls, None

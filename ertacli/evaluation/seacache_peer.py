@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from diffusers.hooks import ModelHook
 
-from .peer_hooks import call_argument, ensure_context, register, unregister
+from .peer_hooks import call_argument, denoisers_of, ensure_context, register, unregister
 
 HOOK = "seacache_step_metadata"
 
@@ -74,16 +74,28 @@ class SeaCachePeer:
     num_inference_steps: int
 
     def attach(self, pipe) -> None:
+        """diffusers' SeaCache on every denoiser (Wan2.2: both experts, each enabled as its users do), with our step
+        adapter on a transformer class that needs it; one line and nothing attached when a denoiser cannot take it."""
         from diffusers import SeaCacheConfig
         from diffusers.hooks.hooks import StateManager
 
-        raw = RAW_VISION.get(type(pipe.transformer).__name__)
-        pipe.transformer.enable_cache(SeaCacheConfig(threshold=float(self.threshold),
-                                                     max_consecutive_cached=int(self.max_consecutive),
-                                                     raw_vision_callback=raw))
-        if raw is not None:
-            register(pipe.transformer, StepMetadataHook(StateManager(StepState), self.num_inference_steps), HOOK)
+        from ..errors import UserError
+
+        modules = denoisers_of(pipe)
+        lacking = [name for name, m in modules if not hasattr(m, "enable_cache")]
+        if lacking:
+            raise UserError(f"SeaCache cannot cache every denoiser: {type(pipe).__name__}'s {', '.join(lacking)} has no enable_cache, "
+                            f"and caching the other denoisers only would run the pipeline half-cached")
+        for _, module in modules:
+            raw = RAW_VISION.get(type(module).__name__)
+            module.enable_cache(SeaCacheConfig(threshold=float(self.threshold),
+                                               max_consecutive_cached=int(self.max_consecutive),
+                                               raw_vision_callback=raw))
+            if raw is not None:
+                register(module, StepMetadataHook(StateManager(StepState), self.num_inference_steps), HOOK)
 
     def detach(self, pipe) -> None:
-        unregister(pipe.transformer, (HOOK,))
-        pipe.transformer.disable_cache()
+        for _, module in denoisers_of(pipe):
+            unregister(module, (HOOK,))
+            if getattr(module, "is_cache_enabled", False):
+                module.disable_cache()

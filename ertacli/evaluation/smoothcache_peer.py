@@ -9,7 +9,8 @@ while the sum stays below alpha the step is cached. Which sub-layers are wrapped
 
 Limits, stated in the row: the helper keeps one cache per layer, not per CFG branch, so a pipeline calling the
 transformer more than once per step (Wan with guidance) is not attached; and it caches sub-layers, so every call
-still runs its blocks (NFE stays T, like PyramidAttentionBroadcast). Its per-call `print`s are silenced.
+still runs its blocks (NFE stays T, like PyramidAttentionBroadcast). A pipeline with several denoisers (Wan2.2)
+is refused: the helper's step counter is per wrapped model. Its per-call `print`s are silenced.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from dataclasses import dataclass
 COMPONENTS = {"FluxTransformerBlock": ("attn", "ff"), "FluxSingleTransformerBlock": ("attn",),
               "WanTransformerBlock": ("attn1", "attn2", "ffn")}
 """Block class name -> the sub-layers SmoothCache wraps (their outputs are cached)."""
+
+
+EXPERTS = "dit-smoothcache's helper counts steps per wrapped model, so the second expert would run the schedule from step 0"
+"""Why a pipeline with several denoisers (Wan2.2's experts) is refused."""
 
 
 def missing() -> str | None:
@@ -43,8 +48,9 @@ def _sublayers(transformer):
 
 def error_curves(sampler, prompt: str, seed: int) -> dict:
     """Per component: the mean relative L1 change of its outputs between consecutive transformer calls."""
-    from .peer_hooks import rel_l1
+    from .peer_hooks import refuse_experts, rel_l1
 
+    refuse_experts("SmoothCache", sampler.pipe, EXPERTS)  # before its calibration run, not after
     prev, sums, counts = {}, {}, {}
 
     def hook(comp):
@@ -92,8 +98,9 @@ class SmoothCachePeer:
         from diffusers.hooks.hooks import StateManager
 
         from ..backbones import get_backbone
-        from .peer_hooks import register
+        from .peer_hooks import refuse_experts, register
 
+        refuse_experts("SmoothCache", pipe, EXPERTS)
         branches = get_backbone(type(pipe).__name__).branches
         if len(branches) > 1 and getattr(pipe, "do_classifier_free_guidance", True):
             raise ValueError("SmoothCache's helper keeps one cache per layer, not per CFG branch; "

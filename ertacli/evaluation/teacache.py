@@ -4,7 +4,8 @@ Per cache stream (CFG branch): the relative L1 change of the first block's times
 consecutive calls, rescaled by a polynomial fitted on uncached runs, is accumulated; while the sum stays below the
 threshold the whole block stack is skipped and the residual of the last computed call (stack output - input) is
 added instead; when it reaches the threshold the call is computed and the sum resets to 0. The first and the last
-step are always computed. Threshold 0 is off (every call computed).
+step are always computed. Threshold 0 is off (every call computed). On a pipeline with several denoisers
+(Wan2.2's two experts) each expert has its own states and its first call is computed; the step is the pipeline's.
 
 The modulated input per transformer class is registered data (`MODULATED_INPUT`): Flux, the first double block's
 `norm1(hidden, emb=temb)`; Wan, the first block's `norm1(hidden) * (1 + scale_msa) + shift_msa` from its
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 
 from diffusers.hooks import ModelHook
 
-from .peer_hooks import (block_hidden, block_meta, block_output, call_argument, ensure_context, out_hidden, register,
-                         rel_l1, sample_of, transformer_blocks, unregister)
+from .peer_hooks import (block_hidden, block_meta, block_output, call_argument, denoisers_of, ensure_context,
+                         out_hidden, register, rel_l1, sample_of, step_clock, transformer_blocks, unregister)
 
 HOOKS = ("teacache_step", "teacache_head", "teacache_block")
 
@@ -65,10 +66,14 @@ class TeaCacheConfig:
     trace: list | None = field(default=None, repr=False)  # (branch, step, computed, accumulator before reset)
 
     def attach(self, pipe) -> None:
-        apply_teacache(pipe.transformer, self)
+        """On every denoiser, one state per expert (Wan2.2: `transformer` and `transformer_2`)."""
+        clock = step_clock(pipe)
+        for _, module in denoisers_of(pipe):
+            apply_teacache(module, self, clock)
 
     def detach(self, pipe) -> None:
-        remove_teacache(pipe.transformer)
+        for _, module in denoisers_of(pipe):
+            remove_teacache(module)
 
 
 class TeaCacheState:
@@ -121,13 +126,15 @@ class _BlockHook(_Hook):
 class TeaCacheHeadHook(_BlockHook):
     """First block: the decision. Skipped call: h_in + residual, and the later blocks pass through."""
 
-    def __init__(self, states, config, modulated):
+    def __init__(self, states, config, modulated, clock=None):
         super().__init__(states, config)
-        self.modulated = modulated
+        self.modulated, self.clock = modulated, clock
 
     def decide(self, st: TeaCacheState, mod) -> bool:
-        """True when this call must be computed; updates the accumulator (reset to 0 on a computed call)."""
-        cfg, k = self.config, st.step
+        """True when this call must be computed; updates the accumulator (reset to 0 on a computed call).
+        The step: the stream's own call count, or the pipeline's step (`clock`) when experts share the run."""
+        cfg = self.config
+        k = st.step if self.clock is None else self.clock()
         st.x_rel = None if st.prev_mod is None else rel_l1(mod, st.prev_mod)
         forced = k == 0 or k >= cfg.num_inference_steps - 1 or st.x_rel is None or st.residual is None
         if not forced:
@@ -170,8 +177,9 @@ class TeaCacheBlockHook(_BlockHook):
         return out
 
 
-def apply_teacache(transformer, config: TeaCacheConfig):
-    """Attach TeaCache to a transformer whose blocks are `config.block_lists`; returns the StateManager."""
+def apply_teacache(transformer, config: TeaCacheConfig, clock=None):
+    """Attach TeaCache to a transformer whose blocks are `config.block_lists`; returns the StateManager.
+    `clock()`: the pipeline's step, when this transformer is one expert of several (else its own call count)."""
     from diffusers.hooks.hooks import StateManager
 
     remove_teacache(transformer)
@@ -181,7 +189,8 @@ def apply_teacache(transformer, config: TeaCacheConfig):
     states = StateManager(TeaCacheState)
     for i, block in enumerate(blocks[1:], start=1):
         register(block, TeaCacheBlockHook(states, config, is_tail=i == len(blocks) - 1), HOOKS[2])
-    register(blocks[0], TeaCacheHeadHook(states, config, MODULATED_INPUT.get(type(transformer).__name__)), HOOKS[1])
+    register(blocks[0], TeaCacheHeadHook(states, config, MODULATED_INPUT.get(type(transformer).__name__), clock),
+             HOOKS[1])
     register(transformer, TeaCacheStepHook(states, config), HOOKS[0])
     return states
 
