@@ -85,8 +85,10 @@ def interpolate(points: Sequence[tuple[float, Any]], s: float) -> Any:
     if s >= pts[-1][0]:
         return pts[-1][1]
     for (s0, v0), (s1, v1) in zip(pts, pts[1:]):
-        if s0 <= s <= s1:
-            t = 0.0 if s1 == s0 else (s - s0) / (s1 - s0)
+        if s in (s0, s1):
+            return v0 if s == s0 else v1  # at a calibrated step: its value exactly
+        if s0 < s < s1:
+            t = (s - s0) / (s1 - s0)
             if isinstance(v0, list):
                 return [a + t * (b - a) for a, b in zip(v0, v1)]
             return v0 + t * (v1 - v0)
@@ -151,9 +153,10 @@ def _coeff_points(plan, branch: str, values: dict) -> list[tuple[float, Any]]:
 def transferred_coeffs(plan, cached: dict[str, list[int]], new_sigmas: Sequence[float]) -> tuple[dict | None, dict | None, Any]:
     """(rectify entry, rectify tensors, predictor gain c) of `plan` on the new cached steps, linear in sigma."""
     rect, tensors, c = plan.rectify, None, plan.predictor.get("c", 0.0)
-    if isinstance(c, dict):
-        c = {b: {str(k): float(interpolate(_coeff_points(plan, b, c[b]), float(new_sigmas[k]))) for k in cached[b]}
-             for b in c if c[b] and b in cached}
+    if isinstance(c, dict):  # a step without a fitted gain has gain 1 (Predictor.gain)
+        gains = {b: {str(k): c.get(b, {}).get(str(k), 1.0) for k in plan.cached_steps.get(b, [])} for b in c}
+        c = {b: {str(k): float(interpolate(_coeff_points(plan, b, g), float(new_sigmas[k]))) for k in cached[b]}
+             for b, g in gains.items() if g and b in cached}
     if rect and rect.get("enabled") and rect.get("granularity") == "scalar":
         scalar = {b: {str(k): interpolate(_coeff_points(plan, b, d), float(new_sigmas[k])) for k in cached.get(b, [])}
                   for b, d in rect.get("scalar", {}).items() if d}
