@@ -187,6 +187,19 @@ def test_step_count_transfer(random_plan):
         assert stats["nfe"] == 3 and stats["transferred"] and stats["steps"] == 8
 
 
+def test_generate_transfers_a_plan_to_another_step_count(random_plan, results, capsys, monkeypatch):
+    """`generate --set sampling.steps=12` with a plan made at 8 runs it transferred (no PlanMismatch) and says so."""
+    plan, _ = random_plan
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan.folder),
+                       "--prompt", "a red circle", "--seed", "0", "--set", "sampling.steps=12", "-q")
+    assert code == 0, err
+    (gen,) = runs(results, "tiny-flux-random", "generate")
+    info = json.loads((gen / "generate.json").read_text())
+    record = json.loads((gen / "records" / "000.json").read_text())
+    assert info["transferred"] and info["steps"] == 12 and info["calibrated_steps"] == 8 and info["settings"]["steps"] == 12
+    assert record["nfe"] == info["plan_nfe"] == round(12 * plan.nfe / 8)
+
+
 def test_plan_mismatch_for_another_model(random_plan, tiny_wan):
     plan, _ = random_plan
     loaded, recipe = tiny_wan
