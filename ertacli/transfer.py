@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 from .errors import PlanMismatch
 
-RULE = "sigma-nearest computed steps, split longest cached run / drop closest computed step, coefficients linear in sigma, phi = 1"
+RULE = ("sigma-nearest computed steps, split longest cached run / drop closest computed step, "
+        "coefficients linear in sigma, phi = 1")
 
 
 def nearest_step(sigmas: Sequence[float], s: float, lo: int, hi: int) -> int:
@@ -150,7 +151,8 @@ def _coeff_points(plan, branch: str, values: dict) -> list[tuple[float, Any]]:
     return [(float(plan.base_sigmas[int(k)]), v) for k, v in values.items()]
 
 
-def transferred_coeffs(plan, cached: dict[str, list[int]], new_sigmas: Sequence[float]) -> tuple[dict | None, dict | None, Any]:
+def transferred_coeffs(plan, cached: dict[str, list[int]],
+                       new_sigmas: Sequence[float]) -> tuple[dict | None, dict | None, Any]:
     """(rectify entry, rectify tensors, predictor gain c) of `plan` on the new cached steps, linear in sigma."""
     rect, tensors, c = plan.rectify, None, plan.predictor.get("c", 0.0)
     if isinstance(c, dict):  # a step without a fitted gain has gain 1 (Predictor.gain)
@@ -182,7 +184,8 @@ def transfer_plan(plan, new_sigmas: Sequence[float], nfe_share: float | None = N
     redo = f"re-run calibration at steps {T_new} (`ertacache search` then `fit`, or ertacli.calibrate)"
     if not plan.base_sigmas or not sig:
         raise PlanMismatch(f"{plan.where} was made with steps {plan.steps}, this run has {T_new}, and a plan "
-                           f"transfers to another step count only with sigmas on both sides (a sigma scheduler): {redo}")
+                           f"transfers to another step count only with sigmas on both sides (a sigma scheduler): "
+                           f"{redo}")
     if nfe_share is not None and not 0 < nfe_share <= 1:
         raise PlanMismatch(f"nfe_share {nfe_share} is not in (0, 1]: give the computed share of the transformer calls")
     try:
