@@ -107,3 +107,13 @@ def test_transfer_per_channel_tensors_and_refusals():
         transfer_plan(toy_plan().copy(base_sigmas=[]), linear(16))
     with pytest.raises(PlanMismatch, match="nfe 40 cannot be met at steps 16"):
         transfer_plan(toy_plan(), linear(16), nfe=40)
+
+
+def test_transfer_expert_streams():
+    """Wan2.2's experts: each stream keeps its sigma range; its first step and the last step stay computed."""
+    plan = toy_plan(cached=()).copy(branches=["high/cond", "low/cond"], cached_steps={"high/cond": [1, 2],
+                                    "low/cond": [5, 6]}, streams={"high/cond": [0, 3], "low/cond": [4, 7]})
+    up = transfer_plan(plan, linear(16))
+    assert up.streams == {"high/cond": [0, 7], "low/cond": [8, 15]}  # 9/16 is as near 5/8 as 1/2: the earlier
+    assert up.cached_steps == {"high/cond": [2, 4, 5, 7], "low/cond": [9, 10, 12, 13]} and up.nfe == 8
+    assert up.calls("high/cond") == up.calls("low/cond") == 8
