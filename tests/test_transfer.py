@@ -117,3 +117,40 @@ def test_transfer_expert_streams():
     assert up.streams == {"high/cond": [0, 7], "low/cond": [8, 15]}  # 9/16 is as near 5/8 as 1/2: the earlier
     assert up.cached_steps == {"high/cond": [2, 4, 5, 7], "low/cond": [9, 10, 12, 13]} and up.nfe == 8
     assert up.calls("high/cond") == up.calls("low/cond") == 8
+
+
+def test_transfer_under_compile_is_the_eager_result_without_recompiling(tiny_flux, monkeypatch):
+    """The transfer is decided in the hooks' eager code: with compiled blocks, calls at 8, 12, 6 and 8 steps give
+    the uncompiled outputs bit for bit and compile nothing after the first call."""
+    import ertacli
+    from ertacli.engine import hooks
+
+    loaded, _ = tiny_flux
+    pipe = loaded.pipe
+
+    def call(T):
+        return pipe(num_inference_steps=T, height=32, width=32, guidance_scale=3.5, output_type="latent",
+                    generator=torch.Generator("cpu").manual_seed(0),
+                    **loaded.encoder.pipeline_kwargs(["a red circle"], "")).images
+
+    call(8)
+    plan = toy_plan(cached=(2, 3, 5)).copy(base_sigmas=[float(s) for s in pipe.scheduler.sigmas], sample_shape={},
+                                           predictor={"kind": "extrapolate", "order": 1, "abscissa": "sigma", "c": 1.0})
+    steps = (8, 12, 6, 8)
+    with ertacli.cached(pipe, plan):
+        eager = [(call(T), ertacli.last_call_stats(pipe)["nfe"]) for T in steps]
+    monkeypatch.setenv("ERTACACHE_COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    hooks._COMPILED.clear()
+    try:
+        with ertacli.cached(pipe, plan, compile=True):
+            compiled = [(call(steps[0]), ertacli.last_call_stats(pipe)["nfe"])]
+            torch._dynamo.config.error_on_recompile = True
+            compiled += [(call(T), ertacli.last_call_stats(pipe)["nfe"]) for T in steps[1:]]
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+        torch._dynamo.reset()
+        hooks._COMPILED.clear()
+    assert [n for _, n in eager] == [n for _, n in compiled] == [5, 8, 4, 5]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(eager, compiled))
+    assert torch.equal(eager[0][0], eager[3][0])
