@@ -99,7 +99,8 @@ def interpolate(points: Sequence[tuple[float, Any]], s: float) -> Any:
 def stream_ranges(streams: dict[str, Sequence[int]], old_sigmas: Sequence[float],
                   new_sigmas: Sequence[float], T_new: int) -> dict[str, list[int]]:
     """Each branch's new [first, last]: the new steps whose nearest old step (in sigma) is in its old range."""
-    owner = [nearest_step(old_sigmas, float(new_sigmas[k]), 0, len(old_sigmas) - 1) for k in range(T_new)]
+    last = max(int(r[1]) for r in streams.values())  # the old steps (not the final sigma 0)
+    owner = [nearest_step(old_sigmas, float(new_sigmas[k]), 0, last) for k in range(T_new)]
     out = {}
     for b, (first, last) in streams.items():
         mine = [k for k in range(T_new) if first <= owner[k] <= last]
@@ -147,7 +148,7 @@ def transferred_steps(plan, new_sigmas: Sequence[float], nfe_share: float | None
     return cached, streams
 
 
-def _coeff_points(plan, branch: str, values: dict) -> list[tuple[float, Any]]:
+def _coeff_points(plan, values: dict) -> list[tuple[float, Any]]:
     return [(float(plan.base_sigmas[int(k)]), v) for k, v in values.items()]
 
 
@@ -157,10 +158,10 @@ def transferred_coeffs(plan, cached: dict[str, list[int]],
     rect, tensors, c = plan.rectify, None, plan.predictor.get("c", 0.0)
     if isinstance(c, dict):  # a step without a fitted gain has gain 1 (Predictor.gain)
         gains = {b: {str(k): c.get(b, {}).get(str(k), 1.0) for k in plan.cached_steps.get(b, [])} for b in c}
-        c = {b: {str(k): float(interpolate(_coeff_points(plan, b, g), float(new_sigmas[k]))) for k in cached[b]}
+        c = {b: {str(k): float(interpolate(_coeff_points(plan, g), float(new_sigmas[k]))) for k in cached[b]}
              for b, g in gains.items() if g and b in cached}
     if rect and rect.get("enabled") and rect.get("granularity") == "scalar":
-        scalar = {b: {str(k): interpolate(_coeff_points(plan, b, d), float(new_sigmas[k])) for k in cached.get(b, [])}
+        scalar = {b: {str(k): interpolate(_coeff_points(plan, d), float(new_sigmas[k])) for k in cached.get(b, [])}
                   for b, d in rect.get("scalar", {}).items() if d}
         rect = dict(rect, scalar=scalar)
     elif rect and rect.get("enabled"):

@@ -117,6 +117,8 @@ def test_transfer_expert_streams():
     assert up.streams == {"high/cond": [0, 7], "low/cond": [8, 15]}  # 9/16 is as near 5/8 as 1/2: the earlier
     assert up.cached_steps == {"high/cond": [2, 4, 5, 7], "low/cond": [9, 10, 12, 13]} and up.nfe == 8
     assert up.calls("high/cond") == up.calls("low/cond") == 8
+    # at 32 steps the last step's sigma 1/32 is nearer the final 0 than old step 7's 1/8: still the low stream's
+    assert transfer_plan(plan, linear(32)).streams == {"high/cond": [0, 14], "low/cond": [15, 31]}  # 18/32: a tie
 
 
 def test_transfer_under_compile_is_the_eager_result_without_recompiling(tiny_flux, monkeypatch):
