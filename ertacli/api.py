@@ -172,7 +172,8 @@ class StepTransfer:
             if plan is None:
                 from .transfer import transfer_plan
 
-                plan = self.plans[sigmas] = transfer_plan(self.plan, list(sigmas), self.nfe_share, self.nfe)
+                plan = transfer_plan(self.plan, list(sigmas), self.nfe_share, self.nfe, len(steps))
+                self.plans[sigmas] = plan
         except PlanMismatch:
             from .engine import reset_ertacache
 

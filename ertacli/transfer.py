@@ -126,11 +126,16 @@ def branch_counts(shares: dict[str, float], calls: dict[str, int], nfe: int | No
     return counts
 
 
-def transferred_steps(plan, new_sigmas: Sequence[float], nfe_share: float | None = None,
-                      nfe: int | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
-    """(cached steps per branch, streams) of `plan` at len(new_sigmas) - 1 (or len) steps."""
+def step_count(sigmas: Sequence[float]) -> int:
+    """The steps a sigma list is for: its length less the final 0 when it has one."""
+    return len(sigmas) - 1 if len(sigmas) > 1 and float(sigmas[-1]) == 0.0 else len(sigmas)
+
+
+def transferred_steps(plan, new_sigmas: Sequence[float], nfe_share: float | None = None, nfe: int | None = None,
+                      T_new: int | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
+    """(cached steps per branch, streams) of `plan` at T_new steps (default: those of `new_sigmas`)."""
     old = [float(s) for s in plan.base_sigmas]
-    T_new = len(new_sigmas) - 1 if len(new_sigmas) > 1 and float(new_sigmas[-1]) == 0.0 else len(new_sigmas)
+    T_new = step_count(new_sigmas) if T_new is None else T_new
     streams = stream_ranges(plan.streams, old, new_sigmas, T_new) if plan.streams else None
     span = lambda b, st, T: tuple(int(x) for x in (st or {}).get(b, (0, T - 1)))
     calls = {b: span(b, streams, T_new)[1] - span(b, streams, T_new)[0] + 1 for b in plan.branches}
@@ -175,22 +180,24 @@ def transferred_coeffs(plan, cached: dict[str, list[int]],
     return rect, tensors, c
 
 
-def transfer_plan(plan, new_sigmas: Sequence[float], nfe_share: float | None = None, nfe: int | None = None):
-    """The plan at the step count of `new_sigmas` (the call's scheduler sigmas, the final 0 included): Plan -> Plan.
+def transfer_plan(plan, new_sigmas: Sequence[float], nfe_share: float | None = None, nfe: int | None = None,
+                  steps: int | None = None):
+    """The plan at `steps` steps (default: those of `new_sigmas`, the call's scheduler sigmas with the final 0):
+    Plan -> Plan.
 
     Refuses in one line (PlanMismatch) what cannot transfer: a plan that records no sigmas, a target it cannot meet.
     """
     sig = [float(s) for s in new_sigmas]
-    T_new = len(sig) - 1 if len(sig) > 1 and sig[-1] == 0.0 else len(sig)
+    T_new = step_count(sig) if steps is None else steps
     redo = f"re-run calibration at steps {T_new} (`ertacache search` then `fit`, or ertacli.calibrate)"
-    if not plan.base_sigmas or not sig:
+    if not plan.base_sigmas or not sig or len(sig) < T_new:
         raise PlanMismatch(f"{plan.where} was made with steps {plan.steps}, this run has {T_new}, and a plan "
                            f"transfers to another step count only with sigmas on both sides (a sigma scheduler): "
                            f"{redo}")
     if nfe_share is not None and not 0 < nfe_share <= 1:
         raise PlanMismatch(f"nfe_share {nfe_share} is not in (0, 1]: give the computed share of the transformer calls")
     try:
-        cached, streams = transferred_steps(plan, sig, nfe_share, nfe)
+        cached, streams = transferred_steps(plan, sig, nfe_share, nfe, T_new)
     except ValueError as exc:
         raise PlanMismatch(f"{plan.where} cannot transfer to steps {T_new} ({exc}): {redo}")
     rect, tensors, c = transferred_coeffs(plan, cached, sig)

@@ -105,6 +105,10 @@ def test_transfer_per_channel_tensors_and_refusals():
     assert torch.equal(up.tensors["cond.5.a"], torch.full((4,), 5 / 16 * 1.0))  # between steps 2 and 4 at T=8
     with pytest.raises(PlanMismatch, match="steps 8, this run has 16.*sigmas"):
         transfer_plan(toy_plan().copy(base_sigmas=[]), linear(16))
+    no_zero = transfer_plan(toy_plan(), linear(16)[:-1], steps=16)  # sigmas without the final 0: steps given
+    assert no_zero.steps == 16 and no_zero.cached_steps == transfer_plan(toy_plan(), linear(16)).cached_steps
+    with pytest.raises(PlanMismatch, match="only with sigmas on both sides"):
+        transfer_plan(toy_plan(), [], steps=16)
     with pytest.raises(PlanMismatch, match="nfe 40 cannot be met at steps 16"):
         transfer_plan(toy_plan(), linear(16), nfe=40)
 
