@@ -170,9 +170,10 @@ class StepTransfer:
         try:
             plan = self.plans.get(sigmas)
             if plan is None:
-                from .transfer import transfer_plan
+                from .transfer import expert_split, transfer_plan
 
-                plan = transfer_plan(self.plan, list(sigmas), self.nfe_share, self.nfe, len(steps))
+                split = expert_split(self.host, sched) if self.plan.streams else None
+                plan = transfer_plan(self.plan, list(sigmas), self.nfe_share, self.nfe, len(steps), split)
                 self.plans[sigmas] = plan
         except PlanMismatch:
             from .engine import reset_ertacache

@@ -97,8 +97,14 @@ def interpolate(points: Sequence[tuple[float, Any]], s: float) -> Any:
 
 
 def stream_ranges(streams: dict[str, Sequence[int]], old_sigmas: Sequence[float],
-                  new_sigmas: Sequence[float], T_new: int) -> dict[str, list[int]]:
-    """Each branch's new [first, last]: the new steps whose nearest old step (in sigma) is in its old range."""
+                  new_sigmas: Sequence[float], T_new: int, split: int | None = None) -> dict[str, list[int]]:
+    """Each branch's new [first, last]: with `split` (the pipeline's own first step of the later expert, Wan2.2's
+    boundary_ratio) the streams from step 0 end before it and the others start there; else the new steps whose
+    nearest old step (in sigma) is in its old range."""
+    if split is not None:
+        if not 0 < split < T_new:
+            raise ValueError(f"the experts' boundary falls at step {split} of {T_new}: one expert runs no step")
+        return {b: [0, split - 1] if int(first) == 0 else [split, T_new - 1] for b, (first, _) in streams.items()}
     last = max(int(r[1]) for r in streams.values())  # the old steps (not the final sigma 0)
     owner = [nearest_step(old_sigmas, float(new_sigmas[k]), 0, last) for k in range(T_new)]
     out = {}
@@ -132,11 +138,12 @@ def step_count(sigmas: Sequence[float]) -> int:
 
 
 def transferred_steps(plan, new_sigmas: Sequence[float], nfe_share: float | None = None, nfe: int | None = None,
-                      T_new: int | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
+                      T_new: int | None = None,
+                      split: int | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
     """(cached steps per branch, streams) of `plan` at T_new steps (default: those of `new_sigmas`)."""
     old = [float(s) for s in plan.base_sigmas]
     T_new = step_count(new_sigmas) if T_new is None else T_new
-    streams = stream_ranges(plan.streams, old, new_sigmas, T_new) if plan.streams else None
+    streams = stream_ranges(plan.streams, old, new_sigmas, T_new, split) if plan.streams else None
     span = lambda b, st, T: tuple(int(x) for x in (st or {}).get(b, (0, T - 1)))
     calls = {b: span(b, streams, T_new)[1] - span(b, streams, T_new)[0] + 1 for b in plan.branches}
     shares = {b: (nfe_share if nfe_share is not None else (plan.calls(b) - len(plan.cached_steps.get(b, [])))
@@ -181,9 +188,9 @@ def transferred_coeffs(plan, cached: dict[str, list[int]],
 
 
 def transfer_plan(plan, new_sigmas: Sequence[float], nfe_share: float | None = None, nfe: int | None = None,
-                  steps: int | None = None):
+                  steps: int | None = None, split: int | None = None):
     """The plan at `steps` steps (default: those of `new_sigmas`, the call's scheduler sigmas with the final 0):
-    Plan -> Plan.
+    Plan -> Plan. `split`: where the pipeline switches experts at that step count (see `stream_ranges`).
 
     Refuses in one line (PlanMismatch) what cannot transfer: a plan that records no sigmas, a target it cannot meet.
     """
@@ -197,7 +204,7 @@ def transfer_plan(plan, new_sigmas: Sequence[float], nfe_share: float | None = N
     if nfe_share is not None and not 0 < nfe_share <= 1:
         raise PlanMismatch(f"nfe_share {nfe_share} is not in (0, 1]: give the computed share of the transformer calls")
     try:
-        cached, streams = transferred_steps(plan, sig, nfe_share, nfe, T_new)
+        cached, streams = transferred_steps(plan, sig, nfe_share, nfe, T_new, split)
     except ValueError as exc:
         raise PlanMismatch(f"{plan.where} cannot transfer to steps {T_new} ({exc}): {redo}")
     rect, tensors, c = transferred_coeffs(plan, cached, sig)
@@ -211,3 +218,13 @@ def transfer_plan(plan, new_sigmas: Sequence[float], nfe_share: float | None = N
         raise PlanMismatch(f"nfe {nfe} cannot be met at steps {T_new} (the transferred plan has {out.nfe} computed "
                            f"calls; between {2 * len(plan.branches)} and {sum(out.calls(b) for b in out.branches)})")
     return out
+
+
+def expert_split(pipe, scheduler) -> int | None:
+    """The first step of a two-expert pipeline's later expert (Wan2.2: the first timestep below
+    `boundary_ratio` x num_train_timesteps), None for a pipeline without experts."""
+    ratio = getattr(getattr(pipe, "config", None), "boundary_ratio", None)
+    train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if ratio is None or train is None:
+        return None
+    return sum(float(t) >= ratio * train for t in scheduler.timesteps)

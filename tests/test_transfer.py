@@ -123,6 +123,10 @@ def test_transfer_expert_streams():
     assert up.calls("high/cond") == up.calls("low/cond") == 8
     # at 32 steps the last step's sigma 1/32 is nearer the final 0 than old step 7's 1/8: still the low stream's
     assert transfer_plan(plan, linear(32)).streams == {"high/cond": [0, 14], "low/cond": [15, 31]}  # 18/32: a tie
+    # the pipeline's own switch step (Wan2.2's boundary_ratio) when known
+    assert transfer_plan(plan, linear(16), split=5).streams == {"high/cond": [0, 4], "low/cond": [5, 15]}
+    with pytest.raises(PlanMismatch, match="boundary falls at step 16 of 16"):
+        transfer_plan(plan, linear(16), split=16)
 
 
 def test_transfer_under_compile_is_the_eager_result_without_recompiling(tiny_flux, monkeypatch):
@@ -160,3 +164,39 @@ def test_transfer_under_compile_is_the_eager_result_without_recompiling(tiny_flu
     assert [n for _, n in eager] == [n for _, n in compiled] == [5, 8, 4, 5]
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(eager, compiled))
     assert torch.equal(eager[0][0], eager[3][0])
+
+
+def test_transfer_on_wan22_experts(monkeypatch):
+    """Wan2.2's two experts (streams with step ranges) at another step count: each stream runs the transferred
+    plan's calls (the boundary step lands in the stream the sigma rule gives it)."""
+    import ertacli
+    from ertacli.backbones import tiny_zoo
+    from ertacli.transfer import expert_split
+
+    t = tiny_zoo.build("wan2.2-moe")
+    for module, attr, value in t.patches:
+        monkeypatch.setattr(module, attr, value)
+
+    def run(T):
+        kwargs = {**t.call, **t.encode(["a red fox"]), "num_inference_steps": T}
+        with torch.no_grad():
+            out = t.pipe(generator=torch.Generator().manual_seed(0), output_type="pt", return_dict=False, **kwargs)
+        return out[0]
+
+    T = t.call["num_inference_steps"]
+    plan = ertacli.calibrate(t.pipe, ["a red fox", "a blue bird"], seeds=(0,), prompt_encoder=t.encode, holdout=0.5,
+                             nfe=T, quiet=True, **t.call)
+    try:
+        for T2 in (2 * T, T + 3):
+            run(T2)
+            sigmas, split = [float(s) for s in t.pipe.scheduler.sigmas], expert_split(t.pipe, t.pipe.scheduler)
+            moved = transfer_plan(plan, sigmas, split=split)
+            assert moved.streams["low/cond"] == [split, T2 - 1] and moved.streams["high/uncond"] == [0, split - 1]
+            ertacli.enable_cache(t.pipe, plan)
+            out = run(T2)
+            stats = ertacli.last_call_stats(t.pipe)
+            assert stats["transferred"] and stats["nfe"] == moved.nfe and torch.isfinite(out).all()
+            assert stats["nfe_per_branch"] == {b: moved.calls(b) - len(moved.cached_steps[b]) for b in moved.branches}
+            ertacli.disable_cache(t.pipe)
+    finally:
+        ertacli.disable_cache(t.pipe)
