@@ -139,6 +139,65 @@ class CallCheck:
                                f"another size) than this call's: {REDO}")
 
 
+class StepTransfer:
+    """A call at another step count than the plan's runs the plan transferred to it (`ertacli.transfer`, SPEC "Plans
+    across settings"): decided at step 0 of the call, before the transformer runs, from the scheduler's timesteps
+    and sigmas, in the hooks' eager code (never inside a compiled graph); a call at the plan's own T (and no
+    `nfe_share`/`nfe` asked) runs the plan itself, untouched. Transferred plans are kept per sigma schedule."""
+
+    def __init__(self, plan: Plan, controller, check: CallCheck, host, channel_dim: int,
+                 nfe_share: float | None = None, nfe: int | None = None):
+        import copy
+
+        self.plan, self.ctl, self.check, self.host, self.channel_dim = plan, controller, check, host, channel_dim
+        self.nfe_share, self.nfe = nfe_share, nfe
+        self.own = copy.copy(controller)  # the plan's own steps, sets, coefficients and schedule
+        self.used: Plan = plan
+        self.plans: dict[tuple, Plan] = {}
+
+    @property
+    def transferred(self) -> bool:
+        return self.used is not self.plan
+
+    def __call__(self, call) -> None:
+        sched = getattr(self.host, "scheduler", None)
+        steps = getattr(sched, "timesteps", None) if sched is not None else None
+        if steps is None:
+            return  # a bare transformer: the plan as calibrated
+        if len(steps) == self.plan.steps and self.nfe_share is None and self.nfe is None:
+            if self.transferred:
+                self._use(self.plan, self.own)
+            return
+        sigmas = tuple(float(x) for x in getattr(sched, "sigmas", []))
+        if self.transferred and self.used.base_sigmas == list(sigmas):
+            return
+        try:
+            plan = self.plans.get(sigmas)
+            if plan is None:
+                from .transfer import expert_split, transfer_plan
+
+                split = expert_split(self.host, sched) if self.plan.streams else None
+                plan = transfer_plan(self.plan, list(sigmas), self.nfe_share, self.nfe, len(steps), split)
+                self.plans[sigmas] = plan
+        except PlanMismatch:
+            from .engine import reset_ertacache
+
+            reset_ertacache(self.check.transformer)
+            raise
+        self._use(plan, plan_controller(plan, self.channel_dim))
+
+    def _use(self, plan: Plan, controller) -> None:
+        """Run `plan` from this step on; a planned scheduler (adjusted sigmas) follows a transferred plan's sigmas."""
+        from .engine import LiveSchedule
+
+        sched = self.host.scheduler
+        if hasattr(sched, "live"):
+            controller.schedule = controller.schedule or LiveSchedule(plan.base_sigmas, fixed=plan.base_sigmas)
+            sched.live = controller.schedule
+        self.ctl.retarget(controller)
+        self.used = self.check.plan = plan
+
+
 def plan_controller(plan: Plan, channel_dim: int):
     """The controller that applies a plan: its cached steps, predictor, adjusted sigmas and rectification."""
     from .calibration.passes import apply_controller
@@ -146,10 +205,14 @@ def plan_controller(plan: Plan, channel_dim: int):
     return apply_controller(plan, channel_dim, plan.coeffs(), plan.adjusted_sigmas)
 
 
-def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile: bool = False) -> Plan:
+def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile: bool = False,
+                 nfe_share: float | None = None, nfe: int | None = None) -> Plan:
     """Attach a plan's cache to `pipe` (a diffusers pipeline, or a bare transformer with `backbone=`).
 
-    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan. `compile=True`
+    Every later `pipe(...)` call runs the plan until `disable_cache(pipe)`; returns the plan. A call at another
+    step count than the plan's runs the plan transferred to it (docs/method.md "Step-count transfer") at the
+    plan's NFE share, or at `nfe_share` (computed share of the calls) or `nfe` (calls per sample) when given;
+    `last_call_stats` says so. `compile=True`
     compiles each transformer block class's forward once (the caching logic stays eager); compiling the
     transformer yourself (`torch.compile`, `.compile()`, `.compile_repeated_blocks()`, before or after) does the same.
     """
@@ -163,9 +226,14 @@ def enable_cache(pipe, plan: Plan | str, *, backbone: str | None = None, compile
     if host.scheduler is None and plan.adjusted_sigmas is not None:
         raise UserError(f"{plan.where} adjusts the timesteps, which needs the pipeline's scheduler: pass the "
                         f"pipeline, not its transformer")
+    if nfe_share is not None and not (isinstance(nfe_share, (int, float)) and 0 < nfe_share <= 1):
+        raise UserError(f"nfe_share={nfe_share!r}: give the computed share of the transformer calls, in (0, 1]")
+    if nfe is not None and not (isinstance(nfe, int) and nfe >= 2):
+        raise UserError(f"nfe={nfe!r}: give the transformer calls per sample, an integer of at least 2")
     disable_cache(pipe)
     ctl = plan_controller(plan, bb.channel_dim)
     ctl.check = CallCheck(plan, host if host.scheduler is not None else None, _transformer(pipe))
+    ctl.prepare = StepTransfer(plan, ctl, ctl.check, host, bb.channel_dim, nfe_share, nfe)
     session = Session(host, bb, ctl, 0, compile).__enter__()
     _SESSIONS[session.transformer] = session
     return plan
@@ -196,13 +264,18 @@ def cached(pipe, plan: Plan | str, **kwargs) -> Iterator[Plan]:
 
 
 def last_call_stats(pipe) -> dict:
-    """NFE (full transformer calls) and cached calls per branch of the last pipeline call with a plan enabled."""
+    """NFE (full transformer calls) and cached calls per branch of the last pipeline call with a plan enabled, the
+    step count it ran (`steps`), the plan's (`calibrated_steps`), whether the plan was transferred to it and the
+    NFE of the plan it ran (`plan_nfe`)."""
     session = _SESSIONS.get(_transformer(pipe))
     if session is None:
         raise UserError("no ertacache plan is enabled on this pipeline: call ertacli.enable_cache(pipe, plan)")
     stats = session.controller.call_stats()
+    tr = session.controller.prepare
     return {"nfe": sum(stats["nfe"].values()), "cached": sum(stats["cached"].values()),
-            "nfe_per_branch": dict(stats["nfe"]), "cached_per_branch": dict(stats["cached"])}
+            "nfe_per_branch": dict(stats["nfe"]), "cached_per_branch": dict(stats["cached"]),
+            "steps": tr.used.steps, "calibrated_steps": tr.plan.steps, "transferred": tr.transferred,
+            "plan_nfe": tr.used.nfe}
 
 
 def pipeline_identity(pipe, call_kwargs: dict, residual: str, name: str | None = None,

@@ -112,6 +112,7 @@ class Plan:
     settings: dict | None = None  # what it was made for in the user's terms (plan_settings.RunSettings.to_json)
     model: dict | None = None  # the model by content: transformer class, config, weights digest (identity.py)
     made_by: str | None = None  # the command or call that made it (`ertacache search`, `ertacli.calibrate`)
+    transferred: dict | None = None  # from which step count and by what rule (ertacli.transfer); None: as calibrated
     tool_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format: int = FORMAT
@@ -262,7 +263,8 @@ def _read_tensors(plan: Plan, folder: Path) -> dict | None:
 
 def check_plan(plan: Plan, run) -> None:
     """Refuse a plan made for another model or other settings than `run` (a plan_settings.RunSettings: the
-    one check the API's per-call check runs too); a plan made before plans recorded their settings is checked
+    one check the API's per-call check runs too); another step count is not refused where the plan records its
+    sigmas (the call runs it transferred: ertacli.transfer); a plan made before plans recorded their settings is checked
     by its step count and settings digest."""
     from .plan_settings import check_settings
 
@@ -271,6 +273,10 @@ def check_plan(plan: Plan, run) -> None:
         require_same(plan.where, "num_inference_steps", plan.steps, run.steps, redo, PlanMismatch)
         require_same(plan.where, "model/sampling settings key", plan.recipe_key, run.legacy_key, redo, PlanMismatch)
     else:
+        if plan.base_sigmas and run.steps is not None and run.steps != plan.settings.get("steps"):
+            from dataclasses import replace
+
+            run = replace(run, steps=None)  # another step count: the engine runs the plan transferred (transfer.py)
         check_settings(plan.where, plan.settings, plan.model, run)
     for b, steps in plan.cached_steps.items():
         first, last = (plan.streams or {}).get(b, (0, plan.steps - 1))

@@ -136,9 +136,11 @@ def call_kwargs(loaded, steps=8, size=32):
 
 @pytest.mark.parametrize("change, field", [({"steps": 6}, "steps 8, this run has 6"),
                                            ({"size": 16}, "height/width 32x32")],
-                         ids=["steps", "shape"])
+                         ids=["steps-no-sigmas", "shape"])
 def test_plan_mismatch_names_the_field(random_plan, change, field):
     plan, loaded = random_plan
+    if "steps" in change:
+        plan = plan.copy(base_sigmas=[])  # another step count is transferred, but only on sigmas
     with ertacli.cached(loaded.pipe, plan):
         with pytest.raises(ertacli.PlanMismatch) as info:
             loaded.pipe(**call_kwargs(loaded, **change))
@@ -146,6 +148,57 @@ def test_plan_mismatch_names_the_field(random_plan, change, field):
         assert field in msg and "re-run" in msg and "\n" not in msg and msg.count(": ") <= 2
         out = loaded.pipe(**call_kwargs(loaded))  # the failed call left no state behind
         assert ertacli.last_call_stats(loaded.pipe)["nfe"] == plan.nfe and out.images.shape[0] == 1
+
+
+def test_step_count_transfer(random_plan):
+    """A plan made at T=8 (with adjusted sigmas, scalar a/b and gains) used at T'=12 and 6: the call runs the plan
+    transferred (ertacli.transfer) with its NFE, finite output; back at 8 the plan itself runs, bitwise as before."""
+    from ertacli.transfer import transfer_plan
+
+    searched, loaded = random_plan
+    pipe, ks = loaded.pipe, sorted(searched.cached_steps["cond"])
+    plan = searched.copy(adjusted_sigmas=[s * (0.97 if 0 < i < 8 else 1.0) for i, s in enumerate(searched.base_sigmas)],
+                         rectify={"enabled": True, "form": "linear", "granularity": "scalar",
+                                  "scalar": {"cond": {str(k): [0.01 * k, -0.001 * k] for k in ks}}},
+                         predictor={"kind": "extrapolate", "order": 1, "abscissa": "sigma",
+                                    "c": {"cond": {str(ks[-1]): 0.5}}})
+    sigmas = {}
+    for T in (12, 6):
+        pipe(**call_kwargs(loaded, steps=T))
+        sigmas[T] = [float(x) for x in pipe.scheduler.sigmas]
+    with ertacli.cached(pipe, plan):
+        first = pipe(**call_kwargs(loaded)).images
+        assert ertacli.last_call_stats(pipe) == {"nfe": plan.nfe, "cached": plan.n_cached, "steps": 8,
+                                                 "nfe_per_branch": {"cond": plan.nfe}, "calibrated_steps": 8,
+                                                 "cached_per_branch": {"cond": plan.n_cached}, "transferred": False,
+                                                 "plan_nfe": plan.nfe}
+        for T in (12, 6):
+            out = pipe(**call_kwargs(loaded, steps=T)).images
+            stats, moved = ertacli.last_call_stats(pipe), transfer_plan(plan, sigmas[T])
+            assert moved.nfe == round(T * plan.nfe / 8) and moved.cached_steps != plan.cached_steps
+            assert stats["transferred"] and stats["steps"] == T and stats["calibrated_steps"] == 8
+            assert stats["nfe"] == stats["plan_nfe"] == moved.nfe and stats["cached"] == T - moved.nfe
+            assert torch.isfinite(out).all()
+        again = pipe(**call_kwargs(loaded)).images
+        assert not ertacli.last_call_stats(pipe)["transferred"] and torch.equal(again, first)
+    with ertacli.cached(pipe, plan, nfe=3):  # a target NFE, at the plan's own step count too
+        pipe(**call_kwargs(loaded))
+        stats = ertacli.last_call_stats(pipe)
+        assert stats["nfe"] == 3 and stats["transferred"] and stats["steps"] == 8
+
+
+def test_generate_transfers_a_plan_to_another_step_count(random_plan, results, capsys, monkeypatch):
+    """`generate --set sampling.steps=12` with a plan made at 8 runs it transferred (no PlanMismatch) and says so."""
+    plan, _ = random_plan
+    code, _, err = cli(monkeypatch, capsys, "generate", "-m", "tiny-flux-random", "--plan", str(plan.folder),
+                       "--prompt", "a red circle", "--seed", "0", "--set", "sampling.steps=12", "-q")
+    assert code == 0, err
+    (gen,) = runs(results, "tiny-flux-random", "generate")
+    info = json.loads((gen / "generate.json").read_text())
+    record = json.loads((gen / "records" / "000.json").read_text())
+    assert info["transferred"] and info["steps"] == 12 and info["calibrated_steps"] == 8
+    assert info["settings"]["steps"] == 12
+    assert record["nfe"] == info["plan_nfe"] == round(12 * plan.nfe / 8)
 
 
 def test_plan_mismatch_for_another_model(random_plan, tiny_wan):

@@ -114,7 +114,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("ertacli", "ertacli.errors", "ertacli.dist", "ertacli.progress", "ertacli.choices")),
     ("models", ("ertacli.backbones", "ertacli.engine", "ertacli.assets")),
     ("settings", ("ertacli.recipe", "ertacli.presets", "ertacli.plan", "ertacli.plan_check", "ertacli.plan_settings",
-                  "ertacli.identity", "ertacli.limits", "ertacli.prompts")),
+                  "ertacli.transfer", "ertacli.identity", "ertacli.limits", "ertacli.prompts")),
     ("evaluation", ("ertacli.evaluation",)),
     ("calibration", ("ertacli.calibration",)),
     ("api", ("ertacli.api",)),

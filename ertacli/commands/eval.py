@@ -166,6 +166,10 @@ def peer_rows(job: Job, samples: Samples, base_dir: Path, plan) -> list[dict]:
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     probe = job.calibration().first(2)
     refs = probe_refs(job.sampler, probe, job.recipe.cache.residual)
+    if plan.steps != job.recipe.sampling.steps:  # peers match the plan as this run's step count runs it
+        from ..transfer import transfer_plan
+
+        plan = transfer_plan(plan, [float(x) for x in getattr(job.sampler.pipe.scheduler, "sigmas", [])])
     rows = [{**plan_row(job, samples, base_dir, record_uniform(job.recorder, plan), "uniform cache"),
              "setting": f"{plan.n_cached} cached, evenly spaced", "target_nfe": plan.nfe}]
     return rows + [peer_row(job, samples, base_dir, name, plan, probe, refs) for name in PEERS]

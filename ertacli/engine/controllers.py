@@ -150,7 +150,17 @@ class ApplyController(Controller):
         self.coeffs = coeffs or {}
         self.form, self.granularity, self.channel_dim = form, granularity, channel_dim
 
+    prepare = None  # prepare(call) at step 0 of each branch, before anything runs (the API's step-count transfer)
+
+    def retarget(self, other: "ApplyController") -> None:
+        """Run `other`'s plan from now on (its steps, cached sets, coefficients, sigmas, predictor); counters kept."""
+        self.T, self.cached, self.coeffs = other.T, other.cached, other.coeffs
+        self.schedule, self.predictor = other.schedule, other.predictor
+        self.form, self.granularity = other.form, other.granularity
+
     def on_call(self, call):
+        if call.k == 0 and self.prepare is not None:
+            self.prepare(call)
         self._check_step(call)
         k, st = call.k, call.state
         if self.schedule is not None:

@@ -116,7 +116,7 @@ def make_planned_scheduler(scheduler, live: LiveSchedule):
             if self.step_index is None:
                 self._init_step_index(timestep)
             k = self.step_index
-            s_k, s_next = live.advance(k)
+            s_k, s_next = self.live.advance(k)  # `live` may be replaced (a plan transferred to another T)
             self.sigmas[k] = s_k
             self.sigmas[k + 1] = s_next
             return super().step(model_output, timestep, sample, *args, **kwargs)

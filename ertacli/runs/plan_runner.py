@@ -34,4 +34,5 @@ class PlanRunner:
 
         out = timed_run(self.sampler, prompt, seed)
         self.last_stats = last_call_stats(self.sampler.pipe)
+        self.info.update({k: self.last_stats[k] for k in ("plan_nfe", "steps", "calibrated_steps", "transferred")})
         return out, self.last_stats["nfe"], self.last_stats["cached"]
