@@ -14,7 +14,6 @@ base = dict(height=16, width=16, guidance_scale=3.5)
 def run(T):
     return [pipe(num_inference_steps=T, output_type="pt", generator=torch.Generator("cpu").manual_seed(0), **base, **enc([p])).images for p in ev]
 p20 = ertacli.calibrate(pipe, cal, seeds=[0, 1], nfe=10, prompt_encoder=enc, num_inference_steps=20, quiet=True, **base)
-pass
 pred = p20.predictor
 variants = {"full": p20, "no-rect": p20.copy(rectify=dict(p20.rectify, enabled=False)),
             "no-rect-gain1": p20.copy(rectify=dict(p20.rectify, enabled=False), predictor=dict(pred, c=1.0)),
