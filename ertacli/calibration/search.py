@@ -112,6 +112,6 @@ def cached_for(branches: list[str], steps: int, nfe: int, name: str, streams: di
     total = sum(last - first + 1 for first, last in (streams[b] for b in branches)) if streams else \
         len(branches) * steps
     if not 2 * len(branches) <= nfe <= total:
-        raise UserError(f"NFE target {nfe} (--target-nfe, nfe=) is out of range for {name}: steps 0 and T-1 always run, so "
+        raise UserError(f"--nfe {nfe} is out of range for {name}: steps 0 and T-1 always run, so "
                         f"choose {2 * len(branches)}..{total}")
     return total - nfe
